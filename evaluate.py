@@ -1,0 +1,75 @@
+"""Exact bits/dim of a trained run over a whole split, and samples.
+
+  python evaluate.py --workdir runs/quick [--split validation|test|all] [--set k=v ...]
+  python evaluate.py --workdir runs/quick --set data.dataset=npz --set data.path=F.npz
+  python evaluate.py --workdir runs/quick --samples 16 --out samples.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+
+from pixelcnn_tf import cli  # noqa: E402
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a run directory made by train.py")
+    parser.add_argument("--split", default=None,
+                        help="train, validation or test (npz: all); default validation "
+                             "(npz: all)")
+    parser.add_argument("--samples", type=int, default=0, metavar="N",
+                        help="also draw N samples (written to --out)")
+    parser.add_argument("--out", default=None,
+                        help="PNG path for --samples (default: WORKDIR/samples/eval.png)")
+    parser.add_argument("--no-eval", action="store_true", help="skip bits/dim (samples only)")
+    cli.add_config_args(parser)
+    args = parser.parse_args(argv)
+
+    from pixelcnn_tf import data as data_lib
+    from pixelcnn_tf import viz
+    from pixelcnn_tf.config import ConfigError, load_config
+    from pixelcnn_tf.trainer import CONFIG_FILE, Trainer, read_model_info
+
+    info = read_model_info(args.workdir)
+    config = load_config(os.path.join(args.workdir, CONFIG_FILE), args.overrides)
+    image_shape = tuple(info["image_shape"])
+    trainer = Trainer(config, args.workdir, image_shape)
+    if not trainer.restore():
+        raise FileNotFoundError(f"{args.workdir} has no checkpoint; train first")
+
+    if not args.no_eval:
+        split_name = args.split or data_lib.default_eval_split(config.data)
+        split = data_lib.load_split(config.data, split_name)
+        if split.image_shape != image_shape:
+            raise ConfigError(f"{config.data.dataset} {split_name} images are "
+                              f"{list(split.image_shape)} but the model was trained on "
+                              f"{list(image_shape)}")
+        result = trainer.evaluate(data_lib.eval_pipeline(split, config.data.eval_batch_size))
+        name = config.data.dataset
+        if name == "npz":
+            name = f"npz_{os.path.splitext(os.path.basename(config.data.path))[0]}"
+        record = {**result.as_dict(), "dataset": config.data.dataset, "path": config.data.path,
+                  "split": split_name, "step": trainer.step}
+        out_json = os.path.join(args.workdir, f"eval_{name}_{split_name}.json")
+        with open(out_json, "w") as f:
+            json.dump(record, f, indent=2)
+        print(f"{config.data.dataset} {split_name}: {result.bits_per_dim:.4f} bits/dim over "
+              f"{result.num_images} images (step {trainer.step}); written to {out_json}")
+
+    if args.samples:
+        out = args.out or os.path.join(args.workdir, "samples", "eval.png")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        images = trainer.sample(args.samples)
+        viz.save_grid(images, out, title=f"{args.samples} samples, step {trainer.step}")
+        print(f"wrote {args.samples} samples to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

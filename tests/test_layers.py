@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pixelcnn_tf.layers import MaskedConv2D
+from pixelcnn_tf.masks import get_mask
+
+
+def numpy_masked_conv(x, kernel, bias, mask):
+    """Reference: stride 1, zero (SAME) padding, cross-correlation like tf.nn.conv2d."""
+    w = kernel * mask
+    kh, kw, _, cout = w.shape
+    b, h, wd, _ = x.shape
+    ph, pw = kh // 2, kw // 2
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    out = np.zeros((b, h, wd, cout), np.float64)
+    for di in range(kh):
+        for dj in range(kw):
+            out += np.einsum("bhwc,co->bhwo", xp[:, di:di + h, dj:dj + wd, :], w[di, dj])
+    return out + bias
+
+
+@pytest.mark.parametrize("mode", ["A", "B"])
+@pytest.mark.parametrize("kernel", [1, 3, 5, (1, 3)])
+@pytest.mark.parametrize("colours,cin,cout", [(1, 2, 4), (3, 3, 6), (3, 6, 9)])
+def test_matches_numpy_reference(mode, kernel, colours, cin, cout, rng):
+    tf.random.set_seed(1)
+    layer = MaskedConv2D(cout, kernel, mode, n_colors=colours)
+    x = rng.normal(size=(2, 6, 5, cin)).astype(np.float32)
+    y = layer(x).numpy()
+    layer.bias.assign(rng.normal(size=cout).astype(np.float32))
+    y = layer(x).numpy()
+    expected = numpy_masked_conv(x, layer.kernel.numpy(), layer.bias.numpy(),
+                                 get_mask(kernel, cin, cout, mode, colours))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_eager_equals_tf_function(rng):
+    layer = MaskedConv2D(6, 3, "A", n_colors=3)
+    x = tf.constant(rng.normal(size=(2, 5, 5, 3)).astype(np.float32))
+    eager = layer(x)
+    graph = tf.function(layer)(x)
+    np.testing.assert_allclose(eager.numpy(), graph.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_variables_are_lazy_and_mask_is_not_assigned(rng):
+    layer = MaskedConv2D(4, 3, "A", n_colors=1)
+    assert layer.trainable_variables == ()
+    x = rng.normal(size=(1, 4, 4, 2)).astype(np.float32)
+    layer(x)
+    assert layer.kernel.shape == (3, 3, 2, 4)
+    assert len(layer.trainable_variables) == 2
+    before = layer.kernel.numpy().copy()
+    layer(x)
+    np.testing.assert_array_equal(layer.kernel.numpy(), before)  # variable never masked
+    assert np.any(before * (1 - layer.mask.numpy()) != 0)  # masked taps keep their values
+
+
+def test_masked_taps_get_zero_gradient(rng):
+    layer = MaskedConv2D(3, 3, "B", n_colors=3)
+    x = tf.constant(rng.normal(size=(1, 4, 4, 3)).astype(np.float32))
+    layer(x)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) ** 2)
+    grad = tape.gradient(loss, layer.kernel).numpy()
+    np.testing.assert_array_equal(grad * (1 - layer.mask.numpy()), 0.0)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="odd"):
+        MaskedConv2D(4, 2)
+    with pytest.raises(ValueError, match="features_out=4 is not divisible by n_colors=3"):
+        MaskedConv2D(4, 3, n_colors=3)
+    layer = MaskedConv2D(3, 3, n_colors=3)
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+        layer(tf.zeros([4, 4, 3]))
+    with pytest.raises(ValueError, match="no mask yet"):
+        layer.mask

@@ -1,0 +1,69 @@
+"""Train a PixelCNN-family model from a config file.
+
+  python train.py --config configs/quickstart.yml --workdir runs/quick [--set k=v ...]
+
+Resumes automatically from the latest checkpoint in --workdir.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+
+from pixelcnn_tf import cli  # noqa: E402
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config.yml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory: checkpoints, TensorBoard events, samples")
+    cli.add_config_args(parser)
+    args = parser.parse_args(argv)
+
+    from pixelcnn_tf import data as data_lib
+    from pixelcnn_tf.config import ConfigError, load_config
+    from pixelcnn_tf.models import count_parameters
+    from pixelcnn_tf.trainer import Trainer, check_resume_compatible, read_model_info
+
+    config = load_config(args.config, args.overrides)
+    cli.ensure_writable_dir(args.workdir)
+    check_resume_compatible(args.workdir, config)
+    train_split = data_lib.load_split(config.data, "train")
+    val_split = data_lib.load_split(config.data, "validation")
+    if config.model.num_classes > 0 and train_split.num_classes == 0:
+        raise ConfigError(f"model.num_classes={config.model.num_classes} but "
+                          f"{config.data.dataset} has no labels; set model.num_classes=0")
+    try:
+        saved_shape = tuple(read_model_info(args.workdir)["image_shape"])
+    except FileNotFoundError:
+        saved_shape = None
+    if saved_shape and saved_shape != train_split.image_shape:
+        raise ConfigError(f"{config.data.dataset} images are {train_split.image_shape} but "
+                          f"the run in {args.workdir} was trained on {saved_shape}; use a new "
+                          f"--workdir")
+
+    trainer = Trainer(config, args.workdir, train_split.image_shape)
+    if trainer.restore():
+        print(f"resuming {args.workdir} from step {trainer.step}")
+    else:
+        print(f"new run in {args.workdir}: {config.model.type}, "
+              f"{count_parameters(trainer.model):,} parameters, images "
+              f"{train_split.image_shape}, {train_split.num_examples} training / "
+              f"{val_split.num_examples} validation images")
+    result = trainer.fit(train_split, val_split)
+    val = result.get("validation")
+    if val:
+        print(f"validation bits/dim: {val['bits_per_dim']:.4f} ({val['num_images']} images, "
+              f"step {result['step']})")
+    else:
+        print(f"nothing to do: the run is at step {result['step']} of train.steps="
+              f"{config.train.steps}; raise train.steps to train longer")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
