@@ -104,6 +104,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"{key} must not be empty (null); it needs a {annotation.__name__}")
+    if annotation is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-4 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = float(value)
         if not math.isfinite(value):

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from pixelcnn_tf.blocks import PIXEL_LAYERS
+from pixelcnn_tf.models import build_model, count_parameters
+
+
+def raster_jacobian(model, image_shape, seed=0, labels=None, n_images=8):
+    """|d(projected logits at sub-pixel k) / d(input sub-pixel k')| summed over a few
+    random images, as a [K, K] matrix in raster order ((i, j, c) with c fastest)."""
+    h, w, c = image_shape
+    gen = np.random.default_rng(seed)
+    x = tf.constant(gen.uniform(size=(n_images, h, w, c)).astype(np.float32))
+    proj = tf.constant(gen.normal(size=(1, h, w, c, 256)).astype(np.float32))
+    if labels is not None:
+        labels = tf.repeat(labels, n_images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(model(x, labels) * proj, axis=-1)  # [N, H, W, C]
+    jac = tape.batch_jacobian(y, x)  # [N, H, W, C, H, W, C]
+    k = h * w * c
+    return np.abs(jac.numpy().reshape(n_images, k, k)).sum(axis=0)  # [K, K]
+
+
+@pytest.mark.parametrize("layer_type", sorted(PIXEL_LAYERS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_causality_by_jacobian(layer_type, channels):
+    tf.random.set_seed(0)
+    shape = (5, 5, channels)
+    model = build_model(tiny_config(channels, type=layer_type).model, shape)
+    jac = raster_jacobian(model, shape)
+    k = jac.shape[0]
+    future = np.triu(np.ones((k, k), bool))  # input index >= output index
+    assert np.all(jac[future] == 0.0), "an output depends on the current or a later input"
+    for out in range(1, k):
+        assert np.any(jac[out, :out] != 0.0), f"output {out} ignores every earlier input"
+
+
+def test_output_shape_and_eager_equals_graph(rng):
+    tf.random.set_seed(0)
+    model = build_model(tiny_config(3).model, (6, 5, 3))
+    x = tf.constant(rng.uniform(size=(2, 6, 5, 3)).astype(np.float32))
+    eager = model(x)
+    assert eager.shape == (2, 6, 5, 3, 256) and eager.dtype == tf.float32
+    graph = tf.function(model)(x)
+    np.testing.assert_allclose(eager.numpy(), graph.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_variables_created_by_build_model():
+    model = build_model(tiny_config(1).model, (4, 4, 1))
+    # input conv + 2 blocks x 3 convs + 2 output convs, kernel and bias each
+    assert len(model.trainable_variables) == 2 * (1 + 2 * 3 + 2)
+    h = 4
+    expected = (3 * 3 * 1 * 2 * h + 2 * h  # input conv 3x3 (tiny config)
+                + 2 * ((2 * h * h + h) + (9 * h * h + h) + (h * 2 * h + 2 * h))
+                + (2 * h * 8 + 8) + (8 * 256 + 256))
+    assert count_parameters(model) == expected
+
+
+def test_paper_cifar10_size():
+    from pixelcnn_tf.config import load_config
+    model = build_model(load_config("config.yml").model, (32, 32, 3))
+    assert count_parameters(model) == 4_342_308  # stated in the README
+
+
+def test_wrong_input_shape_and_labels():
+    model = build_model(tiny_config(1).model, (4, 4, 1))
+    with pytest.raises(ValueError, match=r"built for images \[B, 4, 4, 1\]"):
+        model(tf.zeros([1, 5, 4, 1]))
+    with pytest.raises(ValueError, match="num_classes > 0"):
+        model(tf.zeros([1, 4, 4, 1]), tf.zeros([1], tf.int32))
+
+
+def test_class_conditioning_changes_the_output():
+    tf.random.set_seed(0)
+    model = build_model(tiny_config(1, num_classes=3).model, (4, 4, 1))
+    model.class_bias.assign(tf.random.normal(model.class_bias.shape))
+    x = tf.zeros([2, 4, 4, 1])
+    out = model(x, tf.constant([0, 2]))
+    assert not np.allclose(out[0].numpy(), out[1].numpy())
+    with pytest.raises(ValueError, match="pass labels"):
+        model(x)
+
+
+def test_conditional_model_is_causal():
+    tf.random.set_seed(0)
+    model = build_model(tiny_config(3, num_classes=2).model, (4, 4, 3))
+    model.class_bias.assign(tf.random.normal(model.class_bias.shape))
+    jac = raster_jacobian(model, (4, 4, 3), labels=tf.constant([1]))
+    assert np.all(jac[np.triu(np.ones(jac.shape, bool))] == 0.0)
+
+
+def test_rgb_model_rejects_widths_not_divisible_by_three():
+    with pytest.raises(ValueError, match="not divisible by n_colors=3"):
+        build_model(tiny_config(1).model, (4, 4, 3))  # hidden_dim=4 → 2h=8

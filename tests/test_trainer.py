@@ -1,0 +1,121 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from pixelcnn_tf import data as data_lib
+from pixelcnn_tf.config import ConfigError, load_config, save_config
+from pixelcnn_tf.trainer import Trainer, TrainingError, check_resume_compatible
+
+
+@pytest.fixture
+def batch(rng):
+    images = tf.constant(rng.integers(0, 256, size=(4, 4, 4, 3)).astype(np.uint8))
+    return images, tf.zeros([4], tf.int32)
+
+
+def test_one_step_lowers_the_loss(tmp_path, batch):
+    trainer = Trainer(tiny_config(3), str(tmp_path), (4, 4, 3))
+    before = trainer.evaluate([batch]).bits_per_dim
+    loss, grad_norm, applied = trainer.train_step(*batch)
+    assert bool(applied) and float(grad_norm) > 0
+    assert float(loss) == pytest.approx(before, rel=1e-5)  # the loss is bits/dim
+    assert trainer.evaluate([batch]).bits_per_dim < before
+    assert trainer.step == 1
+
+
+def test_learning_rate_decays_with_the_optimizer_step(tmp_path, batch):
+    cfg = tiny_config(3)
+    cfg.train.lr_decay_rate = 0.9
+    trainer = Trainer(cfg, str(tmp_path), (4, 4, 3))
+    for _ in range(3):
+        trainer.train_step(*batch)
+    lr = float(trainer.optimizer.learning_rate.numpy())
+    assert lr == pytest.approx(1e-3 * 0.9 ** 3, rel=1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path, batch):
+    cfg = tiny_config(3)
+    trainer = Trainer(cfg, str(tmp_path), (4, 4, 3))
+    for _ in range(3):
+        trainer.train_step(*batch)
+    trainer.save()
+    rng_state = trainer.rng.state.numpy().copy()
+    logits = trainer.model(tf.cast(batch[0], tf.float32) / 255.0).numpy()
+
+    cfg2 = tiny_config(3)
+    cfg2.train.seed = 99  # a different initialisation, overwritten by the restore
+    restored = Trainer(cfg2, str(tmp_path), (4, 4, 3))
+    assert restored.restore()
+    assert restored.step == 3
+    np.testing.assert_array_equal(restored.rng.state.numpy(), rng_state)
+    np.testing.assert_array_equal(
+        restored.model(tf.cast(batch[0], tf.float32) / 255.0).numpy(), logits)
+    # Training continues identically from the restored state.
+    a = trainer.train_step(*batch)[0]
+    b = restored.train_step(*batch)[0]
+    assert float(a) == float(b)
+
+
+def test_restoring_a_different_model_is_a_clear_error(tmp_path, batch):
+    trainer = Trainer(tiny_config(3), str(tmp_path), (4, 4, 3))
+    trainer.train_step(*batch)
+    trainer.save()
+    other = Trainer(tiny_config(3, hidden_dim=9), str(tmp_path), (4, 4, 3))
+    with pytest.raises(ConfigError, match="does not fit this model config"):
+        other.restore()
+
+
+def test_resume_with_changed_model_settings_is_refused(tmp_path):
+    cfg = tiny_config(1)
+    save_config(cfg, str(tmp_path / "config.yml"))
+    cfg.train.steps = 10_000  # allowed: does not change the model
+    check_resume_compatible(str(tmp_path), cfg)
+    cfg.model.n_layers = 7
+    with pytest.raises(ConfigError, match=r"model.n_layers=7 differs from the run .* "
+                                          r"\(model.n_layers=2\)"):
+        check_resume_compatible(str(tmp_path), cfg)
+
+
+def npz_splits(tmp_path, rng, n=12):
+    path = tmp_path / "d.npz"
+    np.savez(path, images=rng.integers(0, 256, (n, 4, 4)).astype(np.uint8))
+    cfg = load_config(None, ["data.dataset=npz", f"data.path={path}",
+                             "data.validation_size=4"]).data
+    return data_lib.load_split(cfg, "train"), data_lib.load_split(cfg, "validation")
+
+
+def test_fit_writes_everything_and_resumes(tmp_path, rng):
+    train, val = npz_splits(tmp_path, rng)
+    cfg = tiny_config(1)
+    for key, value in dict(steps=4, log_every=2, eval_every=2, checkpoint_every=2,
+                           sample_every=4).items():
+        setattr(cfg.train, key, value)
+    cfg.data.batch_size = 2
+    cfg.sample.n_images = 2
+    workdir = str(tmp_path / "run")
+    result = Trainer(cfg, workdir, (4, 4, 1)).fit(train, val)
+    assert result["step"] == 4 and result["validation"]["num_images"] == 4
+    for name in ("config.yml", "model_info.json", "checkpoints/checkpoint",
+                 "samples/step_00000004.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    cfg.train.steps = 6
+    trainer = Trainer(cfg, workdir, (4, 4, 1))
+    assert trainer.restore() and trainer.step == 4
+    assert trainer.fit(train, val)["step"] == 6
+
+
+def test_nan_loss_stops_without_touching_checkpoints(tmp_path, rng):
+    train, val = npz_splits(tmp_path, rng)
+    cfg = tiny_config(1)
+    cfg.train.steps = 5
+    cfg.data.batch_size = 2
+    trainer = Trainer(cfg, str(tmp_path / "run"), (4, 4, 1))
+    bias = trainer.model.output_logits.bias
+    bias.assign(tf.fill(bias.shape, np.nan))
+    with pytest.raises(TrainingError, match=r"non-finite at step 1 .* Lower train.learning_rate"):
+        trainer.fit(train, val)
+    assert trainer.step == 0
+    assert trainer.manager.latest_checkpoint is None
