@@ -11,9 +11,7 @@ import json
 import os
 from typing import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
-
-from pixelcnn_tf import cli  # noqa: E402
+from pixelcnn_tf import cli
 
 
 def main(argv: Sequence[str]) -> int:
@@ -30,6 +28,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-eval", action="store_true", help="skip bits/dim (samples only)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
+    cli.import_tensorflow_quietly()
 
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf import viz

@@ -7,12 +7,9 @@ Resumes automatically from the latest checkpoint in --workdir.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
-
-from pixelcnn_tf import cli  # noqa: E402
+from pixelcnn_tf import cli
 
 
 def main(argv: Sequence[str]) -> int:
@@ -23,6 +20,7 @@ def main(argv: Sequence[str]) -> int:
                         help="run directory: checkpoints, TensorBoard events, samples")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
+    cli.import_tensorflow_quietly()
 
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.config import ConfigError, load_config

@@ -1,8 +1,26 @@
-"""pixelcnn_tf: PixelCNN-family autoregressive image models in TensorFlow 2."""
-from pixelcnn_tf.config import load_config
-from pixelcnn_tf.layers import MaskedConv2D
-from pixelcnn_tf.masks import get_mask
-from pixelcnn_tf.models import build_model
-from pixelcnn_tf.sampling import generate_images
+"""pixelcnn_tf: PixelCNN-family autoregressive image models in TensorFlow 2.
 
-__all__ = ["get_mask", "MaskedConv2D", "load_config", "build_model", "generate_images"]
+The public names below are imported lazily (PEP 562), so ``import pixelcnn_tf.cli``
+does not import TensorFlow before the command line is parsed.
+"""
+import importlib
+
+_EXPORTS = {
+    "get_mask": "pixelcnn_tf.masks",
+    "MaskedConv2D": "pixelcnn_tf.layers",
+    "load_config": "pixelcnn_tf.config",
+    "build_model": "pixelcnn_tf.models",
+    "generate_images": "pixelcnn_tf.sampling",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pixelcnn_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -7,6 +7,30 @@ import sys
 from typing import Callable, Sequence
 
 USER_ERROR_EXIT = 2  # a mistake in the command, config or data: fix it and rerun
+VERBOSE_ENV = "PIXELCNN_TF_VERBOSE"  # set to 1 to see TensorFlow's native start-up logs
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and initialises its devices with native stderr muted.
+
+    TensorFlow 2.21 prints absl INFO lines (oneDNN, CUDA probing) at import and at device
+    start-up that ``TF_CPP_MIN_LOG_LEVEL`` cannot hide; they would bury our one-line error
+    messages. Python exceptions are unaffected (raised after stderr is restored).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get(VERBOSE_ENV) == "1":
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+            tf.constant(0.0) + 1.0  # device initialisation logs happen here
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +41,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def ensure_writable_dir(path: str) -> None:
-    from pixelcnn_tf.config import ConfigError
+    from pixelcnn_tf.errors import ConfigError
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write_test")
@@ -31,9 +55,7 @@ def ensure_writable_dir(path: str) -> None:
 
 def run(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> None:
     """Runs ``main`` and turns user errors into one ``error:`` line and an exit code."""
-    from pixelcnn_tf.config import ConfigError
-    from pixelcnn_tf.data import DataError
-    from pixelcnn_tf.trainer import TrainingError
+    from pixelcnn_tf.errors import ConfigError, DataError, TrainingError
 
     try:
         code = main(sys.argv[1:] if argv is None else argv)

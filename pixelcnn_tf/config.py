@@ -16,11 +16,9 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
+from pixelcnn_tf.errors import ConfigError
+
 DATASETS = ("cifar10", "mnist", "fashion_mnist", "mnist5k", "npz")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names it and the fix."""
 
 
 def _choices(values):

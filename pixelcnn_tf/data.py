@@ -24,6 +24,8 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from pixelcnn_tf.errors import DataError
+
 SPLITS = ("train", "validation", "test", "all")
 TFDS_DATASETS = ("cifar10", "mnist", "fashion_mnist")
 # Where TFDS downloads each dataset from: probed (3 s timeout) before a download, because
@@ -35,10 +37,6 @@ DOWNLOAD_URLS = {
 }
 PROBE_ENV = "PIXELCNN_TF_DOWNLOAD_PROBE"  # host:port to probe instead (tests, proxies)
 SPLIT_SEED = 0  # fixed: the train / validation split never changes between runs
-
-
-class DataError(RuntimeError):
-    """A dataset cannot be loaded; the message says why and what to do."""
 
 
 @dataclasses.dataclass

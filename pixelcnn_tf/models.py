@@ -70,7 +70,8 @@ class PixelRNN(tf.Module):
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None) -> tf.Tensor:
-        """images ``[B, H, W, C]`` float in [0, 1], labels ``[B]`` int → logits ``[B, H, W, C, 256]``."""
+        """images ``[B, H, W, C]`` float in [0, 1], labels ``[B]`` int
+        → logits ``[B, H, W, C, 256]``."""
         images = tf.convert_to_tensor(images)
         self._check_inputs(images, labels)
         x = tf.cast(images, tf.float32) * 2.0 - 1.0  # [0, 1] → [-1, 1]

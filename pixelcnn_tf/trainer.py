@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ from pixelcnn_tf import data as data_lib
 from pixelcnn_tf import viz
 from pixelcnn_tf.config import (Config, ConfigError, check_model_fits_images,
                                 config_to_dict, read_yaml, save_config)
+from pixelcnn_tf.errors import TrainingError
 from pixelcnn_tf.likelihood import bits_per_dim, mean_bits_per_dim, nll_per_image
 from pixelcnn_tf.models import build_model, count_parameters
 from pixelcnn_tf.sampling import generate_images
@@ -33,10 +33,6 @@ CONFIG_FILE = "config.yml"
 MODEL_INFO_FILE = "model_info.json"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN); the message says what to do."""
 
 
 @dataclasses.dataclass

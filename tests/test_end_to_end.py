@@ -1,0 +1,116 @@
+"""The real CLIs as subprocesses on tiny data in a temp dir."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from tensorboard.backend.event_processing import event_accumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def run(script, *args, env=None, timeout=300):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def tiny_config_file(tmp_path, npz):
+    config = {
+        "data": {"dataset": "npz", "path": str(npz), "batch_size": 4, "eval_batch_size": 5,
+                 "validation_size": 6},
+        "model": {"hidden_dim": 4, "out_dim": 8, "n_layers": 1, "input_kernel_size": 3},
+        "train": {"steps": 4, "log_every": 2, "eval_every": 2, "checkpoint_every": 2,
+                  "sample_every": 4, "learning_rate": 0.01},
+        "sample": {"n_images": 4},
+    }
+    path = tmp_path / "tiny.yml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def read_events(directory):
+    acc = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_train_resume_evaluate_and_tensorboard(tmp_path):
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
+    config = tiny_config_file(tmp_path, npz)
+    workdir = str(tmp_path / "run")
+
+    first = run("train.py", "--config", config, "--workdir", workdir)
+    assert first.returncode == 0, first.stderr
+    assert "new run" in first.stdout and "validation bits/dim" in first.stdout
+
+    second = run("train.py", "--config", config, "--workdir", workdir,
+                 "--set", "train.steps=6")
+    assert second.returncode == 0, second.stderr
+    assert f"resuming {workdir} from step 4" in second.stdout
+    assert "step 6)" in second.stdout
+
+    saved = yaml.safe_load(open(os.path.join(workdir, "config.yml")))
+    assert saved["train"]["steps"] == 6
+
+    ev = run("evaluate.py", "--workdir", workdir, "--split", "validation")
+    assert ev.returncode == 0, ev.stderr
+    assert "bits/dim over 6 images (step 6)" in ev.stdout
+    record = json.load(open(os.path.join(workdir, "eval_npz_tiny_validation.json")))
+    assert record["num_images"] == 6 and 0 < record["bits_per_dim"] < 10
+
+    other = tmp_path / "other.npz"
+    np.savez(other, images=rng.integers(0, 256, (9, 6, 5, 1)).astype(np.uint8))
+    ev = run("evaluate.py", "--workdir", workdir, "--set", "data.dataset=npz",
+             "--set", f"data.path={other}", "--samples", "3", "--out",
+             str(tmp_path / "s.png"))
+    assert ev.returncode == 0, ev.stderr
+    assert "npz all:" in ev.stdout and "over 9 images" in ev.stdout
+    assert json.load(open(os.path.join(workdir, "eval_npz_other_all.json")))["num_images"] == 9
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, images=np.zeros((3, 7, 7), np.uint8))
+    ev = run("evaluate.py", "--workdir", workdir, "--set", "data.dataset=npz",
+             "--set", f"data.path={wrong}")
+    assert ev.returncode == 2
+    assert "images are [7, 7, 1] but the model was trained on [6, 5, 1]" in ev.stderr
+
+    train_events = read_events(os.path.join(workdir, "train"))
+    tags = set(train_events.Tags()["tensors"])
+    assert {"bits_per_dim", "learning_rate", "grad_norm", "images_per_sec", "samples"} <= tags
+    steps = [e.step for e in train_events.Tensors("bits_per_dim")]
+    assert steps == [2, 4, 6]  # the resumed run continued the step count
+    assert [e.step for e in train_events.Tensors("samples")] == [4, 6]
+    val_events = read_events(os.path.join(workdir, "validation"))
+    assert [e.step for e in val_events.Tensors("bits_per_dim")] == [2, 4, 6]
+    assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
+        "step_00000004.png", "step_00000006.png"]
+
+
+def test_config_error_is_one_line_and_exit_2(tmp_path):
+    result = run("train.py", "--config", "configs/quickstart.yml", "--workdir",
+                 str(tmp_path / "w"), "--set", "model.typ=pixelcnn")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown config key 'model.typ'; allowed keys in 'model': type, hidden_dim, "
+        "out_dim, n_layers, kernel_size, input_kernel_size, num_classes"]
+
+
+def test_cifar10_offline_fails_fast_with_a_clear_message(tmp_path):
+    start = time.time()
+    result = run("train.py", "--config", "config.yml", "--workdir", str(tmp_path / "w"),
+                 "--set", f"data.data_dir={tmp_path / 'tfds'}",
+                 env={"PIXELCNN_TF_DOWNLOAD_PROBE": "127.0.0.1:9"})
+    assert time.time() - start < 60
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error: TFDS could not download cifar10" in result.stderr
+    assert "configs/quickstart.yml" in result.stderr
