@@ -14,11 +14,19 @@ from typing import Callable, Dict, Optional, Type
 
 import tensorflow as tf
 
-from pixelcnn_tf.layers import MaskedConv2D
+from pixelcnn_tf.layers import MaskedConv2D, per_image
 
 
 class PixelLayer(tf.Module):
-    """Base class of pixel layers. Subclasses take ``(hidden_dim, n_colors, kernel_size)``."""
+    """Base class of pixel layers. Subclasses take ``(hidden_dim, n_colors, kernel_size)``.
+
+    ``position_wise = True`` declares that the layer is built only from MaskedConv2D and
+    position-wise operations (written to work on ``[..., C]``), so the fast sampler can
+    evaluate it at one position from cached inputs. Layers with other state (recurrent
+    layers) leave it False and are sampled with the naive method.
+    """
+
+    position_wise = False
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
@@ -73,6 +81,8 @@ class PixelCNNBlock(PixelLayer):
     to the block's output when given.
     """
 
+    position_wise = True
+
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
         super().__init__(hidden_dim, n_colors, kernel_size, name=name)
@@ -87,5 +97,5 @@ class PixelCNNBlock(PixelLayer):
         y = self.conv(tf.nn.relu(y))  # [B, H, W, h]
         y = self.expand(tf.nn.relu(y))  # [B, H, W, 2h]
         if condition is not None:
-            y += condition[:, None, None, :]  # [B, 1, 1, 2h] broadcast over positions
+            y += per_image(condition, y)  # [B, 2h] broadcast over positions
         return state + y

@@ -1,12 +1,12 @@
 """The PixelRNN-style model container and ``build_model``."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
 from pixelcnn_tf.blocks import get_pixel_layer
-from pixelcnn_tf.layers import MaskedConv2D
+from pixelcnn_tf.layers import MaskedConv2D, per_image
 
 N_LEVELS = 256  # categorical output: one logit per 8-bit intensity
 
@@ -74,13 +74,18 @@ class PixelRNN(tf.Module):
         → logits ``[B, H, W, C, 256]``."""
         images = tf.convert_to_tensor(images)
         self._check_inputs(images, labels)
-        x = tf.cast(images, tf.float32) * 2.0 - 1.0  # [0, 1] → [-1, 1]
+        return self._forward(images, labels)
+
+    def _forward(self, images: tf.Tensor, labels: Optional[tf.Tensor]) -> tf.Tensor:
+        """The network on ``[B, H, W, C]`` (or ``[B, C]`` at one position, see
+        ``position_logits``) → logits ``[B, H, W, C, 256]`` (or ``[B, C, 256]``)."""
+        x = self.preprocess(images)
         bias = None
         if self.num_classes > 0:
             bias = tf.gather(self.class_bias, tf.cast(labels, tf.int32))  # [B, L+1, 2h]
         features = self.input_conv(x)  # [B, H, W, 2h]
         if bias is not None:
-            features += bias[:, 0, None, None, :]
+            features += per_image(bias[:, 0], features)
         state = self._layer_cls.initial_state(features)
         for i, layer in enumerate(self.pixel_layers):
             state = layer(state, None if bias is None else bias[:, i + 1])
@@ -88,8 +93,37 @@ class PixelRNN(tf.Module):
         y = self.output_hidden(tf.nn.relu(features))  # [B, H, W, out_dim]
         y = self.output_logits(tf.nn.relu(y))  # [B, H, W, C*256]
         shape = tf.shape(y)
-        # [B, H, W, C*256] → [B, H, W, C, 256]: channel groups are contiguous per colour.
-        return tf.reshape(y, tf.concat([shape[:3], [self.n_colors, N_LEVELS]], axis=0))
+        # [..., C*256] → [..., C, 256]: channel groups are contiguous per colour.
+        return tf.reshape(y, tf.concat([shape[:-1], [self.n_colors, N_LEVELS]], axis=0))
+
+    @staticmethod
+    def preprocess(images: tf.Tensor) -> tf.Tensor:
+        """[0, 1] → [-1, 1]: what the layers in ``image_convs`` receive."""
+        return tf.cast(images, tf.float32) * 2.0 - 1.0
+
+    @property
+    def image_convs(self) -> List[MaskedConv2D]:
+        """The convolutions whose input is the (preprocessed) image itself."""
+        return [self.input_conv]
+
+    @property
+    def supports_fast_sampling(self) -> bool:
+        """Whether every pixel layer can be evaluated at one position from caches."""
+        return bool(self._layer_cls.position_wise)
+
+    @property
+    def masked_convs(self) -> List[MaskedConv2D]:
+        """Every MaskedConv2D of the model, in a fixed order."""
+        return [m for m in self.submodules if isinstance(m, MaskedConv2D)]
+
+    def position_logits(self, pixels: tf.Tensor, labels: Optional[tf.Tensor] = None
+                        ) -> tf.Tensor:
+        """Logits at one position: pixels ``[B, C]`` in [0, 1] → ``[B, C, 256]``.
+
+        Only valid inside ``layers.position_step`` (the fast sampler), where each masked
+        convolution reads the earlier positions from its cache.
+        """
+        return self._forward(pixels, labels if self.num_classes > 0 else None)
 
 
 def build_model(model_config, image_shape: Sequence[int]) -> PixelRNN:

@@ -1,0 +1,107 @@
+"""Naive vs fast (cached) sampling speed, and the FLOP floor.
+
+  python benchmarks/sampling.py [--n-images 16] [--naive-steps 12]
+
+For the quickstart model (28x28x1) and the CIFAR-10 PixelCNN of config.yml (32x32x3) it
+times, after a warm-up, the generation of --n-images images with method="fast" (every
+sub-pixel) and method="naive". The naive sampler costs the same full forward pass for
+every sub-pixel, so for the big model it is timed over its last --naive-steps sub-pixels
+(completion from a start near the end) and scaled to all H·W·C sub-pixels; the quickstart
+model is timed over every sub-pixel. It prints images/s for both, the speed-up, and the
+floor: the model's FLOPs per image (every masked convolution evaluated once at every
+position, counting the kernel rows a position can see) at the machine's measured matmul
+throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pixelcnn_tf import build_model, generate_images, load_config  # noqa: E402
+from pixelcnn_tf.models import count_parameters  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    step = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    step(a, b).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step(a, b).numpy()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def flops_per_image(model) -> float:
+    """2·(kh//2+1)·kw·C_in·C_out per masked conv per position, over H·W positions."""
+    h, w, _ = model.image_shape
+    per_position = 0
+    for conv in model.masked_convs:
+        kh, kw = conv.kernel_size
+        per_position += 2 * (kh // 2 + 1) * kw * conv.kernel.shape[2] * conv.features_out
+    return float(per_position * h * w)
+
+
+def timed(fn, repeats: int = 1) -> float:
+    fn()  # warm-up: tracing and first run
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench(name: str, config_path: str, overrides, image_shape, n: int, naive_steps: int,
+          peak: float) -> None:
+    tf.random.set_seed(0)
+    model = build_model(load_config(config_path, overrides).model, image_shape)
+    h, w, c = image_shape
+    total = h * w * c
+    fast_s = timed(lambda: generate_images(model, (h, w), n, c, seed=0, method="fast"))
+    if naive_steps >= total:
+        naive_s = timed(lambda: generate_images(model, (h, w), n, c, seed=0, method="naive"))
+        naive_note = "all sub-pixels"
+    else:
+        init = np.zeros([n, h, w, c], np.uint8)
+        k0 = total - naive_steps
+        start = (k0 // (w * c), (k0 // c) % w, k0 % c)
+        part = timed(lambda: generate_images(model, (h, w), n, c, seed=0, method="naive",
+                                             init_images=init, start=start))
+        naive_s = part * total / naive_steps
+        naive_note = f"timed over {naive_steps} of {total} sub-pixels, scaled"
+    floor_s = flops_per_image(model) * n / peak
+    print(f"\n{name}: images {image_shape}, {count_parameters(model):,} parameters, "
+          f"{flops_per_image(model) / 1e9:.3f} GFLOP per image, {n} images")
+    print(f"  naive: {naive_s:9.2f} s  {n / naive_s:9.3f} images/s  ({naive_note})")
+    print(f"  fast:  {fast_s:9.2f} s  {n / fast_s:9.3f} images/s")
+    print(f"  speed-up fast / naive: {naive_s / fast_s:.1f}x")
+    print(f"  FLOP floor: {floor_s:.3f} s; fast is {fast_s / floor_s:.1f}x the floor")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-images", type=int, default=16)
+    parser.add_argument("--naive-steps", type=int, default=12,
+                        help="sub-pixels timed for the big model's naive sampler")
+    args = parser.parse_args()
+    devices = [d.device_type for d in tf.config.list_physical_devices()]
+    peak = matmul_flops_per_second()
+    print(f"devices: {devices}; matmul throughput {peak / 1e9:.1f} GFLOP/s (2048x2048 fp32)")
+    bench("quickstart", os.path.join(ROOT, "configs/quickstart.yml"), [], (28, 28, 1),
+          args.n_images, naive_steps=10**9, peak=peak)
+    bench("CIFAR-10 PixelCNN (config.yml)", os.path.join(ROOT, "config.yml"), [],
+          (32, 32, 3), args.n_images, naive_steps=args.naive_steps, peak=peak)
+
+
+if __name__ == "__main__":
+    main()
