@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-images", type=int, default=16)
-    parser.add_argument("--naive-steps", type=int, default=12,
+    parser.add_argument("--naive-steps", type=int, default=24,
                         help="sub-pixels timed for the big model's naive sampler")
     args = parser.parse_args()
     devices = [d.device_type for d in tf.config.list_physical_devices()]

@@ -98,14 +98,36 @@ _ACTIVE_STEP: contextvars.ContextVar = contextvars.ContextVar("pixelcnn_position
                                                              default=None)
 
 
-class PositionCaches:
-    """Input caches of every masked convolution of a model, for evaluation at one position.
+def in_position_step() -> bool:
+    """Whether the layers are being evaluated at one position (see ``position_step``)."""
+    return _ACTIVE_STEP.get() is not None
 
-    A masked kxk convolution's output at ``(i, j)`` reads its input only in rows
-    ``i - kh//2 .. i`` (rows below are masked), so each layer with a spatial kernel keeps
-    its input in a zero-padded cache ``[N, H + kh//2, W + 2·(kw//2), C_in]``; a 1x1
-    convolution needs no cache. The masked kernels, cut to their top ``kh//2 + 1`` rows and
-    flattened, are computed once per sampler call, outside the sampling loop.
+
+def position_group(values: tf.Tensor, n_colors: int) -> tf.Tensor:
+    """Per-image values ``[B, D]`` → in a position step, their colour group being computed
+    ``[B, D / n_colors]``; otherwise ``values`` unchanged."""
+    step = _ACTIVE_STEP.get()
+    if step is None:
+        return values
+    d = values.shape[-1]
+    grouped = tf.reshape(values, [-1, n_colors, d // n_colors])  # [B, D] → [B, n, D/n]
+    return tf.gather(grouped, step.c, axis=1)  # [B, D/n]
+
+
+class PositionCaches:
+    """Caches that let every masked convolution of a model run at one sub-pixel.
+
+    Sampling sub-pixel ``(i, j, c)`` needs, in every layer, only the outputs of colour
+    group ``c`` at position ``(i, j)``: groups before ``c`` were computed (and are final)
+    at the earlier sub-pixels of the pixel, and later groups are not needed yet. A masked
+    kxk convolution reads its input only in rows ``i - kh//2 .. i`` (rows below are
+    masked), so each keeps its input in a zero-padded cache
+    ``[N, H + kh//2, W + 2·(kw//2), C_in]``; a 1x1 convolution keeps only the current
+    pixel ``[N, 1, 1, C_in]``. A step writes colour group ``c`` of the layer's input at
+    ``(i, j)``, reads the rows it can see and multiplies by the kernel columns of output
+    group ``c``: one position and one colour group per sub-pixel, so a whole image costs
+    one pass over the network's weights per pixel. Kernels are masked, cut to their top
+    ``kh//2 + 1`` rows and split by output group once per sampler call, outside the loop.
     """
 
     def __init__(self, layers: Sequence[MaskedConv2D], batch: tf.Tensor,
@@ -114,71 +136,86 @@ class PositionCaches:
         self.layers = list(layers)
         self.index: Dict[int, int] = {}
         self.weights: Dict[int, tf.Tensor] = {}
-        self.biases: Dict[int, Optional[tf.Tensor]] = {}
+        self.biases: Dict[int, tf.Tensor] = {}
+        self.groups: Dict[int, tf.Tensor] = {}
         initial: List[tf.Tensor] = []
         for layer in self.layers:
+            key = id(layer)
             kh, kw = layer.kernel_size
             ph, pw = kh // 2, kw // 2
-            c_in = int(layer.kernel.shape[2])
-            # [ph+1, kw, C_in, C_out] → [(ph+1)·kw·C_in, C_out]: the rows a position reads.
-            self.weights[id(layer)] = tf.reshape(layer.masked_kernel(dtype)[:ph + 1],
-                                                 [-1, layer.features_out])
-            self.biases[id(layer)] = (None if layer.bias is None
-                                      else tf.cast(layer.bias, dtype))
-            if (kh, kw) != (1, 1):
-                self.index[id(layer)] = len(initial)
-                initial.append(tf.zeros(tf.stack([batch, height + ph, width + 2 * pw, c_in]),
-                                        dtype))
+            n, c_in, c_out = layer.n_colors, int(layer.kernel.shape[2]), layer.features_out
+            kernel = tf.reshape(layer.masked_kernel(dtype)[:ph + 1], [-1, n, c_out // n])
+            # [K, n, C_out/n] → [n, K, C_out/n]: the kernel columns of each output group.
+            self.weights[key] = tf.transpose(kernel, [1, 0, 2])
+            bias = layer.bias if layer.bias is not None else tf.zeros([c_out])
+            self.biases[key] = tf.reshape(tf.cast(bias, dtype), [n, c_out // n])
+            self.groups[key] = tf.constant(np.arange(c_in) // (c_in // n), tf.int32)
+            self.index[key] = len(initial)
+            shape = [batch, height + ph, width + 2 * pw, c_in] if (kh, kw) != (1, 1) \
+                else [batch, 1, 1, c_in]
+            initial.append(tf.zeros(tf.stack(shape), dtype))
         self.initial = initial
 
-    def step(self, caches: List[tf.Tensor], i: tf.Tensor, j: tf.Tensor) -> "_PositionStep":
-        return _PositionStep(self, list(caches), i, j)
+    def step(self, caches: List[tf.Tensor], i: tf.Tensor, j: tf.Tensor,
+             c: tf.Tensor) -> "_PositionStep":
+        return _PositionStep(self, list(caches), i, j, c)
+
+    @staticmethod
+    def _cache_position(layer: MaskedConv2D, i, j):
+        if layer.kernel_size == (1, 1):
+            return 0, 0
+        return i + layer.kernel_size[0] // 2, j + layer.kernel_size[1] // 2
 
     def write(self, caches: List[tf.Tensor], layer: MaskedConv2D, x: tf.Tensor,
-              i: tf.Tensor, j: tf.Tensor) -> List[tf.Tensor]:
-        """Stores ``x`` ``[N, C_in]`` as ``layer``'s input at (i, j); returns the caches."""
+              i: tf.Tensor, j: tf.Tensor, c: tf.Tensor) -> List[tf.Tensor]:
+        """Stores ``layer``'s input at (i, j): ``x`` is all of it ``[N, C_in]`` or its
+        colour group ``c`` ``[N, C_in / n_colors]``. Returns the updated caches."""
+        key = id(layer)
+        k = self.index[key]
         caches = list(caches)
-        k = self.index.get(id(layer))
-        if k is not None:
-            kh, kw = layer.kernel_size
-            n = tf.shape(x)[0]
-            # Cache position (i + kh//2, j + kw//2); indices [N, 3].
-            where = tf.stack([tf.range(n), tf.fill([n], i + kh // 2),
-                              tf.fill([n], j + kw // 2)], axis=1)
-            caches[k] = tf.tensor_scatter_nd_update(caches[k], where, x)
+        cache = caches[k]
+        n = tf.shape(x)[0]
+        row, col = self._cache_position(layer, i, j)
+        where = tf.stack([tf.range(n), tf.fill([n], row), tf.fill([n], col)], axis=1)  # [N, 3]
+        if x.shape[-1] != cache.shape[-1]:  # one colour group: keep the other groups
+            old = tf.gather_nd(cache, where)  # [N, C_in]
+            in_group = tf.equal(self.groups[key], c)[None, :]  # [1, C_in]
+            x = tf.where(in_group, tf.tile(x, [1, layer.n_colors]), old)
+        caches[k] = tf.tensor_scatter_nd_update(cache, where, x)
         return caches
 
 
 class _PositionStep:
-    """One evaluation at position ``(i, j)``; collects the updated caches in ``caches``."""
+    """One evaluation at sub-pixel ``(i, j, c)``; collects the updated caches."""
 
     def __init__(self, owner: PositionCaches, caches: List[tf.Tensor], i: tf.Tensor,
-                 j: tf.Tensor):
-        self.owner, self.caches, self.i, self.j = owner, caches, i, j
+                 j: tf.Tensor, c: tf.Tensor):
+        self.owner, self.caches, self.i, self.j, self.c = owner, caches, i, j, c
 
     def conv(self, layer: MaskedConv2D, x: tf.Tensor) -> tf.Tensor:
-        """``x`` ``[N, C_in]`` (the layer's input at (i, j)) → output ``[N, C_out]``."""
+        """``layer``'s input at (i, j) (all of it, or colour group c) → its output group c
+        ``[N, C_out / n_colors]``."""
         key = id(layer)
         if key not in self.owner.weights:
             raise ValueError(f"{layer.name} is not part of the model being sampled")
-        weights = self.owner.weights[key]
-        if key in self.owner.index:
-            self.caches = self.owner.write(self.caches, layer, x, self.i, self.j)
-            cache = self.caches[self.owner.index[key]]
+        self.caches = self.owner.write(self.caches, layer, x, self.i, self.j, self.c)
+        cache = self.caches[self.owner.index[key]]
+        n = tf.shape(x)[0]
+        if layer.kernel_size == (1, 1):
+            inputs = cache[:, 0, 0, :]  # [N, C_in]
+        else:
             kh, kw = layer.kernel_size
-            n = tf.shape(x)[0]
             # Rows i-kh//2..i, columns j-kw//2..j+kw//2 of the image: [N, kh//2+1, kw, C_in].
             patch = tf.slice(cache, tf.stack([0, self.i, self.j, 0]),
-                             tf.stack([n, kh // 2 + 1, kw, tf.shape(cache)[3]]))
-            x = tf.reshape(patch, [n, -1])  # [N, ph+1, kw, C_in] → [N, (ph+1)·kw·C_in]
-        y = tf.matmul(x, weights)  # [N, C_out]
-        bias = self.owner.biases[key]
-        return y if bias is None else y + bias
+                             tf.stack([n, kh // 2 + 1, kw, cache.shape[-1]]))
+            inputs = tf.reshape(patch, [n, -1])  # [N, kh//2+1, kw, C_in] → [N, K]
+        weights = tf.gather(self.owner.weights[key], self.c)  # [K, C_out/n]
+        return tf.matmul(inputs, weights) + tf.gather(self.owner.biases[key], self.c)
 
 
 @contextlib.contextmanager
 def position_step(step: _PositionStep):
-    """Within this block every MaskedConv2D evaluates at one position from its cache."""
+    """Within this block every MaskedConv2D evaluates at one sub-pixel from its cache."""
     token = _ACTIVE_STEP.set(step)
     try:
         yield step

@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import tensorflow as tf
 
 from pixelcnn_tf.blocks import get_pixel_layer
-from pixelcnn_tf.layers import MaskedConv2D, per_image
+from pixelcnn_tf.layers import MaskedConv2D, in_position_step, per_image, position_group
 
 N_LEVELS = 256  # categorical output: one logit per 8-bit intensity
 
@@ -77,21 +77,29 @@ class PixelRNN(tf.Module):
         return self._forward(images, labels)
 
     def _forward(self, images: tf.Tensor, labels: Optional[tf.Tensor]) -> tf.Tensor:
-        """The network on ``[B, H, W, C]`` (or ``[B, C]`` at one position, see
-        ``position_logits``) → logits ``[B, H, W, C, 256]`` (or ``[B, C, 256]``)."""
+        """The network on ``[B, H, W, C]`` → logits ``[B, H, W, C, 256]``.
+
+        In a position step (``position_logits``) the same code runs on the pixel ``[B, C]``
+        and every layer yields only the colour group being sampled: ``[B, 2h/C]`` in the
+        stream and the logits ``[B, 256]`` of that colour at the end.
+        """
         x = self.preprocess(images)
         bias = None
         if self.num_classes > 0:
             bias = tf.gather(self.class_bias, tf.cast(labels, tf.int32))  # [B, L+1, 2h]
         features = self.input_conv(x)  # [B, H, W, 2h]
         if bias is not None:
-            features += per_image(bias[:, 0], features)
+            features += per_image(position_group(bias[:, 0], self.n_colors), features)
         state = self._layer_cls.initial_state(features)
         for i, layer in enumerate(self.pixel_layers):
-            state = layer(state, None if bias is None else bias[:, i + 1])
+            condition = (None if bias is None
+                         else position_group(bias[:, i + 1], self.n_colors))  # [B, 2h]
+            state = layer(state, condition)
         features = self._layer_cls.features(state)  # [B, H, W, 2h]
         y = self.output_hidden(tf.nn.relu(features))  # [B, H, W, out_dim]
         y = self.output_logits(tf.nn.relu(y))  # [B, H, W, C*256]
+        if in_position_step():
+            return y  # [B, 256]: the logits of the colour being sampled
         shape = tf.shape(y)
         # [..., C*256] → [..., C, 256]: channel groups are contiguous per colour.
         return tf.reshape(y, tf.concat([shape[:-1], [self.n_colors, N_LEVELS]], axis=0))
@@ -118,11 +126,15 @@ class PixelRNN(tf.Module):
 
     def position_logits(self, pixels: tf.Tensor, labels: Optional[tf.Tensor] = None
                         ) -> tf.Tensor:
-        """Logits at one position: pixels ``[B, C]`` in [0, 1] → ``[B, C, 256]``.
+        """Logits of one sub-pixel (i, j, c): the pixel ``[B, C]`` in [0, 1] (its colours
+        from c on are ignored) → ``[B, 256]``.
 
-        Only valid inside ``layers.position_step`` (the fast sampler), where each masked
-        convolution reads the earlier positions from its cache.
+        Only valid inside ``layers.position_step(step)`` (the fast sampler), which says
+        which sub-pixel and holds the caches of the earlier positions.
         """
+        if not in_position_step():
+            raise ValueError("position_logits runs inside layers.position_step; use "
+                             "model(images) for whole images")
         return self._forward(pixels, labels if self.num_classes > 0 else None)
 
 

@@ -4,8 +4,9 @@
 sub-pixels in raster order (R < G < B inside a pixel), draws sub-pixel ``k`` of every
 image from its categorical distribution and writes it with
 ``tf.tensor_scatter_nd_update``. Every sub-pixel, the first one included, is drawn from
-the model. Draws are stateless: sub-pixel ``k`` uses the seed ``fold_in(seed, k)``, so
-the same seed gives the same images, whichever method computed the logits.
+the model. Draws are stateless: sub-pixel ``k`` uses noise hashed from ``(seed, k)``
+(``uniform_noise``), so the same seed gives the same images, whichever method computed
+the logits and wherever it ran.
 
 Methods:
   naive  runs the whole network on the whole image for every sub-pixel (H·W·C passes).
@@ -34,18 +35,46 @@ log = logging.getLogger(__name__)
 _SAMPLERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _hash32(x: tf.Tensor) -> tf.Tensor:
+    """A bijective 32-bit integer hash with full avalanche ("lowbias32", C. Wellons)."""
+    def shift_xor(x, bits):
+        return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(bits, tf.uint32)))
+    x = shift_xor(x, 16) * tf.constant(0x7FEB352D, tf.uint32)
+    x = shift_xor(x, 15) * tf.constant(0x846CA68B, tf.uint32)
+    return shift_xor(x, 16)
+
+
+def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """Counter-based uniform noise in (0, 1), ``[n, 256]`` float32, for sub-pixel ``k``.
+
+    Element ``(b, v)`` hashes (seed, k, b, v). TensorFlow's stateless random ops give
+    different numbers when compiled with XLA than in graph mode, which would make the
+    XLA-compiled fast sampler and the naive sampler disagree for the same seed; these
+    integer hashes give the same bits under XLA, in graph mode and on every device.
+    """
+    seed = tf.cast(seed, tf.int64)
+    lo = tf.cast(tf.bitwise.bitwise_and(seed, tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
+    hi = tf.cast(tf.bitwise.right_shift(seed, tf.constant(32, tf.int64)), tf.uint32)
+    key = _hash32(tf.bitwise.bitwise_xor(_hash32(hi), lo))
+    key = _hash32(tf.bitwise.bitwise_xor(key, tf.cast(k, tf.uint32)))
+    index = tf.range(n * 256, dtype=tf.int32)  # (b, v) → b·256 + v
+    bits = _hash32(tf.bitwise.bitwise_xor(_hash32(tf.cast(index, tf.uint32)), key))
+    # Top 24 bits → (0, 1): (m + 0.5) / 2^24, never 0 or 1.
+    mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32)
+    return tf.reshape((mantissa + 0.5) * (1.0 / 2**24), [n, 256])
+
+
 def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tensor,
           greedy: bool) -> tf.Tensor:
-    """logits ``[N, 256]`` of sub-pixel ``k`` → int32 values ``[N]``."""
+    """logits ``[N, 256]`` of sub-pixel ``k`` → int32 values ``[N]``.
+
+    Gumbel-max: argmax(logits / T + G) with G = -log(-log(U)), U uniform, is an exact
+    draw from softmax(logits / T).
+    """
     logits = tf.cast(logits, tf.float32)
     if greedy:
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
-    step_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(k, tf.int64))
-    # Gumbel-max: argmax(logits / T + G), G ~ Gumbel(0, 1), is an exact draw from
-    # softmax(logits / T); unlike tf.random.stateless_categorical it compiles with XLA.
-    uniform = tf.random.stateless_uniform(tf.shape(logits), step_seed,
-                                          minval=np.finfo(np.float32).tiny, maxval=1.0)
-    gumbel = -tf.math.log(-tf.math.log(uniform))  # [N, 256]
+    gumbel = -tf.math.log(-tf.math.log(uniform_noise(seed, k, tf.shape(logits)[0])))
     return tf.argmax(logits / temperature + gumbel, axis=-1, output_type=tf.int32)
 
 
@@ -75,13 +104,13 @@ def _naive_loop(model, greedy: bool, conditional: bool):
 
 
 def _fast_loop(model, greedy: bool, conditional: bool):
-    """``(images, start, seed, temperature, labels) → images``: one position per sub-pixel.
+    """``(images, start, seed, temperature, labels) → images``: one position and one colour
+    group of every layer per sub-pixel (``layers.PositionCaches``).
 
-    Pixels before the start pixel are run once each to fill the caches (their values are
-    given); from the start pixel on, each sub-pixel runs the network at its position.
-    Hidden activations at (i, j) never depend on the last colour of (i, j) (mask A), so the
-    caches written while drawing it are final; only the caches holding the image itself
-    (``model.image_convs``) are rewritten once the pixel is complete.
+    Sub-pixels before ``start`` are run too (to fill the caches) but keep their values.
+    Hidden activations at (i, j) never depend on the last colour of (i, j) (mask A), so
+    the caches written while drawing it are final; only the caches holding the image
+    itself (``model.image_convs``) are rewritten with each value drawn.
     """
     height, width, channels = model.image_shape
     total = height * width * channels
@@ -92,40 +121,27 @@ def _fast_loop(model, greedy: bool, conditional: bool):
         caches = PositionCaches(model.masked_convs, n, (height, width))
         labels_or_none = labels if conditional else None
 
-        def logits_at(images, state, i, j):
-            step = caches.step(state, i, j)
-            pixels = tf.cast(images[:, i, j, :], tf.float32) / 255.0  # [N, C] in [0, 1]
-            with position_step(step):
-                logits = model.position_logits(pixels, labels_or_none)  # [N, C, 256]
-            return logits, step.caches
-
-        first_pixel = start // channels
-
-        def prefill(p, state):  # a given pixel: fill the caches at its position
-            _, new_caches = logits_at(images, state, p // width, p % width)
-            return p + 1, new_caches
-
-        _, state = tf.while_loop(lambda p, _: p < first_pixel, prefill,
-                                 [tf.constant(0), caches.initial])
-
         def body(k, images, state):
             i, j, c = k // (width * channels), (k // channels) % width, k % channels
-            logits, state = logits_at(images, state, i, j)
-            values = _draw(tf.gather(logits, c, axis=1), seed, k, temperature, greedy)
-            current = images[:, i, j, c]
-            values = tf.where(k >= start, values, current)  # keep given sub-pixels
+            step = caches.step(state, i, j, c)
+            pixel = tf.cast(images[:, i, j, :], tf.float32) / 255.0  # [N, C] in [0, 1]
+            with position_step(step):
+                logits = model.position_logits(pixel, labels_or_none)  # [N, 256]
+            state = step.caches
+            values = _draw(logits, seed, k, temperature, greedy)
+            values = tf.where(k >= start, values, images[:, i, j, c])  # keep given ones
             indices = tf.stack([rows, tf.fill([n], i), tf.fill([n], j), tf.fill([n], c)],
-                               axis=1)
+                               axis=1)  # [N, 4] = (n, i, j, c)
             images = tf.tensor_scatter_nd_update(images, indices, values)
             # The image caches get the pixel with the value just drawn (complete after its
-            # last colour); a scatter of [N, C], much cheaper than a conditional.
+            # last colour): a scatter of [N, C], cheaper than a conditional.
             pixel = model.preprocess(tf.cast(images[:, i, j, :], tf.float32) / 255.0)
             for layer in model.image_convs:
-                state = caches.write(state, layer, pixel, i, j)
+                state = caches.write(state, layer, pixel, i, j, c)
             return k + 1, images, state
 
         _, images, _ = tf.while_loop(lambda k, *_: k < total, body,
-                                     [first_pixel * channels, images, state])
+                                     [tf.constant(0), images, caches.initial])
         return images
 
     return sample
@@ -149,7 +165,7 @@ def _get_sampler(model, method: str, greedy: bool, conditional: bool):
             input_signature=[
                 tf.TensorSpec([None, height, width, channels], tf.int32),  # images
                 tf.TensorSpec([], tf.int32),  # first sub-pixel to draw
-                tf.TensorSpec([2], tf.int64),  # seed
+                tf.TensorSpec([], tf.int64),  # seed
                 tf.TensorSpec([], tf.float32),  # temperature
                 tf.TensorSpec([None], tf.int32),  # labels
             ])
@@ -234,6 +250,6 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
         seed = random.SystemRandom().randrange(2**31)
     sampler = _get_sampler(model, method, bool(greedy), conditional)
     out = sampler(tf.constant(images), tf.constant(k0, tf.int32),
-                  tf.constant([int(seed), 0], tf.int64),
+                  tf.constant(int(seed), tf.int64),
                   tf.constant(temperature, tf.float32), tf.constant(labels))
     return out.numpy()

@@ -40,7 +40,7 @@ def test_round_trip_is_plain_yaml(tmp_path):
     (["train.learning_rate=0"], "train.learning_rate=0.0 is out of range: it must be > 0"),
     (["train.lr_decay_rate=1.5"], "train.lr_decay_rate=1.5 is out of range: it must be <= 1"),
     (["model.kernel_size=4"], "model.kernel_size=4 must be odd"),
-    (["sample.method=fastest"], "sample.method='fastest' is not allowed; allowed values: naive"),
+    (["sample.method=fastest"], "sample.method='fastest' is not allowed; allowed values: naive, fast"),
     (["train.steps"], "must look like section.key=value"),
     (["steps=3"], "must be section.key"),
     (["data.dataset=npz"], "data.path must name an .npz file"),
