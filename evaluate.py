@@ -3,6 +3,7 @@
   python evaluate.py --workdir runs/quick [--split validation|test|all] [--set k=v ...]
   python evaluate.py --workdir runs/quick --set data.dataset=npz --set data.path=F.npz
   python evaluate.py --workdir runs/quick --samples 16 --out samples.png
+  python evaluate.py --workdir runs/quick --completions 4 --completion-out c.png
 """
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ def main(argv: Sequence[str]) -> int:
                         help="also draw N samples (written to --out)")
     parser.add_argument("--out", default=None,
                         help="PNG path for --samples (default: WORKDIR/samples/eval.png)")
-    parser.add_argument("--no-eval", action="store_true", help="skip bits/dim (samples only)")
+    parser.add_argument("--completions", type=int, default=0, metavar="K",
+                        help="also write a completion figure: the top half of "
+                             "--completion-images images of the split, K completions each")
+    parser.add_argument("--completion-images", type=int, default=4, metavar="N")
+    parser.add_argument("--completion-out", default=None,
+                        help="PNG path (default: WORKDIR/samples/completions.png)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip bits/dim (samples and completions only)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
     cli.import_tensorflow_quietly()
@@ -33,6 +41,7 @@ def main(argv: Sequence[str]) -> int:
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf import viz
     from pixelcnn_tf.config import ConfigError, load_config
+    from pixelcnn_tf.sampling import complete_images
     from pixelcnn_tf.trainer import CONFIG_FILE, Trainer, read_model_info
 
     info = read_model_info(args.workdir)
@@ -42,13 +51,15 @@ def main(argv: Sequence[str]) -> int:
     if not trainer.restore():
         raise FileNotFoundError(f"{args.workdir} has no checkpoint; train first")
 
-    if not args.no_eval:
-        split_name = args.split or data_lib.default_eval_split(config.data)
+    split = None
+    split_name = args.split or data_lib.default_eval_split(config.data)
+    if not args.no_eval or args.completions:
         split = data_lib.load_split(config.data, split_name)
         if split.image_shape != image_shape:
             raise ConfigError(f"{config.data.dataset} {split_name} images are "
                               f"{list(split.image_shape)} but the model was trained on "
                               f"{list(image_shape)}")
+    if not args.no_eval:
         result = trainer.evaluate(data_lib.eval_pipeline(split, config.data.eval_batch_size))
         name = config.data.dataset
         if name == "npz":
@@ -67,6 +78,24 @@ def main(argv: Sequence[str]) -> int:
         images = trainer.sample(args.samples)
         viz.save_grid(images, out, title=f"{args.samples} samples, step {trainer.step}")
         print(f"wrote {args.samples} samples to {out}")
+
+    if args.completions:
+        out = args.completion_out or os.path.join(args.workdir, "samples", "completions.png")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        s = config.sample
+        picked = split.dataset.shuffle(split.num_examples, seed=s.seed)  # across classes
+        originals, labels = next(iter(picked.batch(args.completion_images)))
+        rows = image_shape[0] // 2
+        completions = complete_images(
+            trainer.model, originals.numpy(), rows, args.completions, seed=s.seed,
+            temperature=s.temperature, method=s.method,
+            labels=labels.numpy() if trainer.conditional else None)
+        fig = viz.completion_figure(originals.numpy(), completions, rows,
+                                    title=f"original | top {rows} rows given | "
+                                          f"{args.completions} completions")
+        with open(out, "wb") as f:
+            f.write(viz.figure_to_png(fig))
+        print(f"wrote completions of {len(originals)} images to {out}")
     return 0
 
 

@@ -253,3 +253,34 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
                   tf.constant(int(seed), tf.int64),
                   tf.constant(temperature, tf.float32), tf.constant(labels))
     return out.numpy()
+
+
+def complete_images(model, images, rows: int, n_completions: int = 1, **kwargs) -> np.ndarray:
+    """Keeps the top ``rows`` rows of each image and samples the rest.
+
+    Args:
+      images: uint8 ``[N, H, W, C]``.
+      rows: how many rows are given (0 < rows < H).
+      n_completions: completions per image.
+      **kwargs: passed to ``generate_images`` (seed, temperature, method, labels, ...);
+        ``labels`` are per image ``[N]``.
+
+    Returns:
+      uint8 ``[N, n_completions, H, W, C]``.
+    """
+    images = np.asarray(images)
+    height = model.image_shape[0]
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(model.image_shape):
+        raise ValueError(f"images must be [N, {', '.join(map(str, model.image_shape))}], "
+                         f"got {images.shape}")
+    if not 0 < rows < height:
+        raise ValueError(f"rows must be between 1 and {height - 1}, got {rows}")
+    n = len(images)
+    repeated = np.repeat(images, n_completions, axis=0)  # [N·K, H, W, C], image-major
+    labels = kwargs.pop("labels", None)
+    if labels is not None:
+        labels = np.repeat(np.broadcast_to(np.asarray(labels), [n]), n_completions)
+    out = generate_images(model, model.image_shape[:2], n * n_completions,
+                          model.image_shape[2], init_images=repeated, start=(rows, 0, 0),
+                          labels=labels, **kwargs)
+    return out.reshape(n, n_completions, *model.image_shape)  # [N·K, ...] → [N, K, ...]

@@ -82,3 +82,17 @@ def mask_figure(kernel_size: int = 5, n_colors: int = 3, mode: str = "B") -> Fig
             ax.set_title(f"{names[i]} → {names[o]}", fontsize=9)
     fig.suptitle(f"mask {mode}, {kernel_size}x{kernel_size}", fontsize=10)
     return fig
+
+
+def completion_figure(originals: np.ndarray, completions: np.ndarray, rows: int,
+                      title: Optional[str] = None) -> Figure:
+    """One row per image: the original, the given top ``rows`` rows, then completions.
+
+    originals: uint8 ``[N, H, W, C]``; completions: uint8 ``[N, K, H, W, C]``.
+    """
+    n, k = completions.shape[:2]
+    given = originals.copy()
+    given[:, rows:] = 128  # the part the model has to fill in, shown grey
+    tiles = np.concatenate([originals[:, None], given[:, None], completions], axis=1)
+    fig = grid_figure(tiles.reshape(-1, *originals.shape[1:]), title, ncols=k + 2)
+    return fig

@@ -70,11 +70,14 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
     np.savez(other, images=rng.integers(0, 256, (9, 6, 5, 1)).astype(np.uint8))
     ev = run("evaluate.py", "--workdir", workdir, "--set", "data.dataset=npz",
              "--set", f"data.path={other}", "--samples", "3", "--out",
-             str(tmp_path / "s.png"))
+             str(tmp_path / "s.png"), "--completions", "2", "--completion-images", "3",
+             "--completion-out", str(tmp_path / "c.png"), "--set", "sample.method=fast")
     assert ev.returncode == 0, ev.stderr
     assert "npz all:" in ev.stdout and "over 9 images" in ev.stdout
     assert json.load(open(os.path.join(workdir, "eval_npz_other_all.json")))["num_images"] == 9
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert "wrote completions of 3 images" in ev.stdout
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, images=np.zeros((3, 7, 7), np.uint8))

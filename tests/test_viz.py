@@ -23,3 +23,10 @@ def test_mask_figure_has_one_panel_per_colour_pair():
     assert fig.axes[1].get_title() == "R → G"
     png = viz.figure_to_png(fig)
     assert png[:4] == b"\x89PNG"
+
+
+def test_completion_figure_layout():
+    originals = np.zeros((2, 4, 4, 1), np.uint8)
+    completions = np.zeros((2, 3, 4, 4, 1), np.uint8)
+    fig = viz.completion_figure(originals, completions, rows=2, title="c")
+    assert viz.figure_to_png(fig)[:4] == b"\x89PNG"
