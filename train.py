@@ -1,12 +1,15 @@
 """Train a PixelCNN-family model from a config file.
 
   python train.py --config configs/quickstart.yml --workdir runs/quick [--set k=v ...]
+  python train.py --config configs/quickstart.yml --workdir runs/quick --export-only
 
-Resumes automatically from the latest checkpoint in --workdir.
+Resumes automatically from the latest checkpoint in --workdir and ends by exporting a
+SavedModel to WORKDIR/saved_model.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Sequence
 
 from pixelcnn_tf import cli
@@ -18,14 +21,18 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--config", default="config.yml", help="YAML config (default: %(default)s)")
     parser.add_argument("--workdir", required=True,
                         help="run directory: checkpoints, TensorBoard events, samples")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export WORKDIR/saved_model from the latest checkpoint; no training")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
     cli.import_tensorflow_quietly()
 
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.config import ConfigError, load_config
+    from pixelcnn_tf.export import export_saved_model
     from pixelcnn_tf.models import count_parameters
-    from pixelcnn_tf.trainer import Trainer, check_resume_compatible, read_model_info
+    from pixelcnn_tf.trainer import (SAVED_MODEL_DIR, Trainer, check_resume_compatible,
+                                     read_model_info)
 
     config = load_config(args.config, args.overrides)
     cli.ensure_writable_dir(args.workdir)
@@ -45,6 +52,13 @@ def main(argv: Sequence[str]) -> int:
                           f"--workdir")
 
     trainer = Trainer(config, args.workdir, train_split.image_shape)
+    export_dir = os.path.join(args.workdir, SAVED_MODEL_DIR)
+    if args.export_only:
+        if not trainer.restore():
+            raise FileNotFoundError(f"{args.workdir} has no checkpoint to export; train first")
+        export_saved_model(trainer.model, config, export_dir)
+        print(f"exported step {trainer.step} to {export_dir}")
+        return 0
     if trainer.restore():
         print(f"resuming {args.workdir} from step {trainer.step}")
     else:
@@ -60,6 +74,8 @@ def main(argv: Sequence[str]) -> int:
     else:
         print(f"nothing to do: the run is at step {result['step']} of train.steps="
               f"{config.train.steps}; raise train.steps to train longer")
+    export_saved_model(trainer.model, config, export_dir)
+    print(f"exported a SavedModel to {export_dir}")
     return 0
 
 

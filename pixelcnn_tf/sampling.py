@@ -147,7 +147,9 @@ def _fast_loop(model, greedy: bool, conditional: bool):
     return sample
 
 
-def _get_sampler(model, method: str, greedy: bool, conditional: bool):
+def get_sampler(model, method: str, greedy: bool, conditional: bool):
+    """The cached ``tf.function`` ``(images int32 [N, H, W, C], start, seed int64,
+    temperature, labels int32 [N]) → uint8 images`` for ``model`` (one per setting)."""
     if method == "fast" and not getattr(model, "supports_fast_sampling", False):
         log.warning("model type %r cannot be sampled with cached positions; using the "
                     "naive sampler", getattr(model, "layer_type", type(model).__name__))
@@ -248,7 +250,7 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
         labels = np.zeros([shape[0]], np.int32)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
-    sampler = _get_sampler(model, method, bool(greedy), conditional)
+    sampler = get_sampler(model, method, bool(greedy), conditional)
     out = sampler(tf.constant(images), tf.constant(k0, tf.int32),
                   tf.constant(int(seed), tf.int64),
                   tf.constant(temperature, tf.float32), tf.constant(labels))

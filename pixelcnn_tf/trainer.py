@@ -7,6 +7,7 @@ Workdir layout::
   checkpoints/      tf.train.CheckpointManager: model, optimizer (with its step), RNG
   train/ validation/  TensorBoard event files
   samples/          PNG sample grids, one per sampling step
+  saved_model/      the exported SavedModel (see export.py)
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ CONFIG_FILE = "config.yml"
 MODEL_INFO_FILE = "model_info.json"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
+SAVED_MODEL_DIR = "saved_model"
 
 
 @dataclasses.dataclass

@@ -56,6 +56,12 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
     assert second.returncode == 0, second.stderr
     assert f"resuming {workdir} from step 4" in second.stdout
     assert "step 6)" in second.stdout
+    assert "exported a SavedModel" in second.stdout
+    assert os.path.exists(os.path.join(workdir, "saved_model", "saved_model.pb"))
+
+    export = run("train.py", "--config", config, "--workdir", workdir, "--export-only")
+    assert export.returncode == 0, export.stderr
+    assert "exported step 6" in export.stdout
 
     saved = yaml.safe_load(open(os.path.join(workdir, "config.yml")))
     assert saved["train"]["steps"] == 6

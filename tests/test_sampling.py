@@ -179,11 +179,11 @@ def test_fast_batch_sizes_and_seeds():
 
 
 def test_fast_sampler_runs_from_a_saved_model(tmp_path):
-    from pixelcnn_tf.sampling import _get_sampler
+    from pixelcnn_tf.sampling import get_sampler
     model = random_model(3)
     module = tf.Module()
     module.model = model
-    module.sample = _get_sampler(model, "fast", False, False)
+    module.sample = get_sampler(model, "fast", False, False)
     tf.saved_model.save(module, str(tmp_path / "sm"))
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
     images = tf.zeros([2, 5, 4, 3], tf.int32)

@@ -1,0 +1,127 @@
+"""SavedModel export with serving signatures.
+
+The exported model needs only TensorFlow to load (``tf.saved_model.load``); it exposes
+
+  log_prob(images)                       uint8 [N, H, W, C] → bits/dim of each image [N]
+  sample(n, seed, temperature)           → uint8 [n, H, W, C] (= generate_images)
+  complete(images, rows, seed)           keeps the top ``rows`` rows, samples the rest
+  serving_default                        = log_prob
+
+Class-conditional models take ``labels`` (int32 [N] / [n]) in every signature. The
+batch size is dynamic everywhere. The config (``assets/config.yml``), the image shape and
+the number of classes are recorded in the SavedModel (attributes ``image_shape``,
+``num_classes``, ``config_yaml``, ``sampling_method``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+import yaml
+
+from pixelcnn_tf.config import Config, config_to_dict
+from pixelcnn_tf.likelihood import nll_per_image
+from pixelcnn_tf.sampling import get_sampler
+
+SIGNATURES = ("log_prob", "sample", "complete", "serving_default")
+
+
+class ExportModule(tf.Module):
+    """Wraps a trained model with the serving functions."""
+
+    def __init__(self, model, config: Config, name=None):
+        super().__init__(name=name)
+        self.model = model
+        height, width, channels = model.image_shape
+        self.conditional = model.num_classes > 0
+        method = "fast" if model.supports_fast_sampling else "naive"
+        # Non-trainable variables: saved with the model, readable after loading.
+        self.image_shape = tf.Variable(model.image_shape, trainable=False, dtype=tf.int32)
+        self.num_classes = tf.Variable(model.num_classes, trainable=False, dtype=tf.int32)
+        self.sampling_method = tf.Variable(method, trainable=False)
+        self.config_yaml = tf.Variable(yaml.safe_dump(config_to_dict(config), sort_keys=False),
+                                       trainable=False)
+        self._sampler = get_sampler(model, method, False, self.conditional)
+        dims = float(height * width * channels)
+        images_spec = tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")
+        labels_spec = [tf.TensorSpec([None], tf.int32, name="labels")] if self.conditional else []
+
+        def labels_or_zeros(labels, n):
+            return labels[0] if labels else tf.zeros([n], tf.int32)
+
+        def check_labels(labels, n):
+            if not labels:
+                return []
+            return [tf.debugging.assert_equal(tf.shape(labels[0])[0], n,
+                                              message="labels must have one id per image"),
+                    tf.debugging.assert_greater_equal(labels[0], 0,
+                                                      message="labels must be >= 0"),
+                    tf.debugging.assert_less(labels[0], model.num_classes,
+                                             message="labels must be < num_classes")]
+
+        def log_prob(images, *labels):
+            """uint8 images [N, H, W, C] → bits/dim of each image, float32 [N]."""
+            with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
+                inputs = tf.cast(images, tf.float32) / 255.0
+                logits = model(inputs, labels[0] if labels else None)
+            return {"bits_per_dim": nll_per_image(logits, images) / (dims * math.log(2.0))}
+
+        def sample(n, seed, temperature, *labels):
+            """n images drawn with a seed and a temperature → uint8 [n, H, W, C]."""
+            checks = [tf.debugging.assert_positive(n, message="n must be >= 1"),
+                      tf.debugging.assert_positive(temperature,
+                                                   message="temperature must be > 0")]
+            with tf.control_dependencies(checks + check_labels(labels, n)):
+                images = tf.zeros([n, height, width, channels], tf.int32)
+            return {"images": self._sampler(images, tf.constant(0), seed, temperature,
+                                            labels_or_zeros(labels, n))}
+
+        def complete(images, rows, seed, *labels):
+            """Keeps the top ``rows`` rows of uint8 images [N, H, W, C], samples the rest."""
+            n = tf.shape(images)[0]
+            checks = [tf.debugging.assert_greater_equal(rows, 0, message="rows must be >= 0"),
+                      tf.debugging.assert_less(rows, height,
+                                               message=f"rows must be < height {height}")]
+            with tf.control_dependencies(checks + check_labels(labels, n)):
+                start = rows * width * channels
+            return {"images": self._sampler(tf.cast(images, tf.int32), start, seed,
+                                            tf.constant(1.0), labels_or_zeros(labels, n))}
+
+        scalar = tf.TensorSpec([], tf.int32, name="n")
+        self.log_prob = tf.function(log_prob, input_signature=[images_spec, *labels_spec])
+        self.sample = tf.function(sample, input_signature=[
+            scalar, tf.TensorSpec([], tf.int64, name="seed"),
+            tf.TensorSpec([], tf.float32, name="temperature"), *labels_spec])
+        self.complete = tf.function(complete, input_signature=[
+            images_spec, tf.TensorSpec([], tf.int32, name="rows"),
+            tf.TensorSpec([], tf.int64, name="seed"), *labels_spec])
+
+
+def export_saved_model(model, config: Config, path: str) -> str:
+    """Writes ``model`` with its signatures to ``path`` (replaced atomically) and returns it."""
+    module = ExportModule(model, config)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".saved_model_", dir=parent)
+    try:
+        asset_dir = tempfile.mkdtemp(prefix=".assets_", dir=parent)
+        config_file = os.path.join(asset_dir, "config.yml")
+        with open(config_file, "w") as f:
+            f.write(module.config_yaml.numpy().decode())
+        module.config_asset = tf.saved_model.Asset(config_file)
+        tf.saved_model.save(module, staging, signatures={
+            "serving_default": module.log_prob.get_concrete_function(),
+            "log_prob": module.log_prob.get_concrete_function(),
+            "sample": module.sample.get_concrete_function(),
+            "complete": module.complete.get_concrete_function(),
+        })
+        shutil.rmtree(asset_dir, ignore_errors=True)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

@@ -1,0 +1,135 @@
+"""SavedModel export: loaded in a fresh process where pixelcnn_tf cannot be imported."""
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from pixelcnn_tf import generate_images
+from pixelcnn_tf.export import export_saved_model
+from pixelcnn_tf.likelihood import nll_per_image
+from pixelcnn_tf.trainer import Trainer
+
+SHAPE = (5, 4, 3)
+
+LOADER = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    try:
+        import pixelcnn_tf  # noqa: F401
+        sys.exit("pixelcnn_tf must not be importable here")
+    except ImportError:
+        pass
+    path, out, conditional = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    m = tf.saved_model.load(path)
+    images = np.load(out + ".in.npz")["images"]
+    labels = {"labels": tf.constant([1, 0, 1], tf.int32)} if conditional else {}
+    lp = m.signatures["log_prob"](images=tf.constant(images), **labels)["bits_per_dim"]
+    default = m.signatures["serving_default"](images=tf.constant(images), **labels)
+    s = m.signatures["sample"](n=tf.constant(3), seed=tf.constant(5, tf.int64),
+                               temperature=tf.constant(0.8), **labels)["images"]
+    c = m.signatures["complete"](images=tf.constant(images), rows=tf.constant(2),
+                                 seed=tf.constant(1, tf.int64), **labels)["images"]
+    np.savez(out, log_prob=lp.numpy(), default=default["bits_per_dim"].numpy(),
+             sample=s.numpy(), complete=c.numpy())
+    json.dump({"image_shape": m.image_shape.numpy().tolist(),
+               "num_classes": int(m.num_classes.numpy()),
+               "config": m.config_yaml.numpy().decode(),
+               "method": m.sampling_method.numpy().decode()}, open(out + ".json", "w"))
+""")
+
+
+def trained_trainer(tmp_path, num_classes=0):
+    cfg = tiny_config(3, num_classes=num_classes)
+    cfg.train.learning_rate = 0.01
+    trainer = Trainer(cfg, str(tmp_path / "run"), SHAPE)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (6, *SHAPE)).astype(np.uint8))
+    for _ in range(5):
+        trainer.train_step(images, tf.constant([0, 1] * 3))
+    return trainer
+
+
+def load_in_fresh_process(tmp_path, path, images, conditional):
+    out = str(tmp_path / "out")
+    np.savez(out + ".in.npz", images=images)
+    script = tmp_path / "load.py"
+    script.write_text(LOADER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run([sys.executable, str(script), path, out, str(int(conditional))],
+                            cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(out + ".npz")), json.load(open(out + ".json"))
+
+
+@pytest.mark.parametrize("num_classes", [0, 2])
+def test_signatures_match_the_library_in_a_fresh_process(tmp_path, num_classes):
+    trainer = trained_trainer(tmp_path, num_classes)
+    model = trainer.model
+    path = export_saved_model(model, trainer.config, str(tmp_path / "sm"))
+    images = np.random.default_rng(1).integers(0, 256, (3, *SHAPE)).astype(np.uint8)
+    labels = np.array([1, 0, 1], np.int32) if num_classes else None
+    got, meta = load_in_fresh_process(tmp_path, path, images, bool(num_classes))
+
+    logits = model(images / 255.0, None if labels is None else tf.constant(labels))
+    expected = nll_per_image(logits, images).numpy() / (np.prod(SHAPE) * math.log(2))
+    np.testing.assert_allclose(got["log_prob"], expected, atol=1e-5)
+    np.testing.assert_array_equal(got["default"], got["log_prob"])
+    ds = tf.data.Dataset.from_tensor_slices(
+        (images, labels if labels is not None else np.zeros(3, np.int32))).batch(2)
+    assert trainer.evaluate(ds).bits_per_dim == pytest.approx(got["log_prob"].mean(), abs=1e-5)
+
+    np.testing.assert_array_equal(
+        got["sample"], generate_images(model, SHAPE[:2], 3, 3, seed=5, temperature=0.8,
+                                       labels=labels))
+    completed = generate_images(model, SHAPE[:2], 3, 3, seed=1, init_images=images,
+                                start=(2, 0, 0), labels=labels)
+    np.testing.assert_array_equal(got["complete"], completed)
+    np.testing.assert_array_equal(got["complete"][:, :2], images[:, :2])
+
+    assert meta["image_shape"] == list(SHAPE) and meta["num_classes"] == num_classes
+    assert "hidden_dim: 6" in meta["config"] and meta["method"] == "fast"
+    assert os.path.exists(os.path.join(path, "assets", "config.yml"))
+
+
+def test_bad_inputs_fail_at_the_signature(tmp_path):
+    trainer = trained_trainer(tmp_path)
+    loaded = tf.saved_model.load(export_saved_model(trainer.model, trainer.config,
+                                                    str(tmp_path / "sm")))
+    log_prob = loaded.signatures["log_prob"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a uint8 tensor"):
+        log_prob(images=tf.zeros([2, *SHAPE], tf.float32))
+    with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError),
+                       match=r"\(None, 5, 4, 3\)|incompatible|shape"):
+        loaded.log_prob(tf.zeros([2, 6, 4, 3], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rows must be < height 5"):
+        loaded.signatures["complete"](images=tf.zeros([1, *SHAPE], tf.uint8),
+                                      rows=tf.constant(7), seed=tf.constant(0, tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be > 0"):
+        loaded.signatures["sample"](n=tf.constant(1), seed=tf.constant(0, tf.int64),
+                                    temperature=tf.constant(0.0))
+    # Dynamic batch: any n works.
+    out = loaded.signatures["sample"](n=tf.constant(5), seed=tf.constant(0, tf.int64),
+                                      temperature=tf.constant(1.0))["images"]
+    assert out.shape == (5, *SHAPE) and out.dtype == tf.uint8
+
+
+def test_saved_model_cli_lists_the_signatures(tmp_path):
+    trainer = trained_trainer(tmp_path)
+    path = export_saved_model(trainer.model, trainer.config, str(tmp_path / "sm"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("log_prob", "sample", "complete", "serving_default"):
+        assert f"signature_def['{name}']" in result.stdout
+    assert "bits_per_dim" in result.stdout and "(-1, 5, 4, 3)" in result.stdout
