@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Type
 
 import tensorflow as tf
 
-from pixelcnn_tf.layers import MaskedConv2D, per_image
+from pixelcnn_tf.layers import Conv2D, MaskedConv2D, per_image, shift_down, split_colour_groups
 
 
 class PixelLayer(tf.Module):
@@ -99,3 +99,190 @@ class PixelCNNBlock(PixelLayer):
         if condition is not None:
             y += per_image(condition, y)  # [B, 2h] broadcast over positions
         return state + y
+
+
+def _gate(x: tf.Tensor, n_colors: int, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Gated activation tanh(a + cond) · sigmoid(b), a and b taken per colour group:
+    ``[..., 2·D]`` → ``[..., D]``; ``condition`` ``[B, D]`` is added to a."""
+    a, b = split_colour_groups(x, n_colors, 2)
+    if condition is not None:
+        a += per_image(condition, a)
+    return tf.tanh(a) * tf.sigmoid(b)
+
+
+@register_pixel_layer("gated_pixelcnn")
+class GatedPixelCNNBlock(PixelLayer):
+    """The gated block of "Conditional Image Generation with PixelCNN Decoders" (van den
+    Oord et al. 2016), with its two stacks; the state is ``(vertical, horizontal)``, both
+    ``[B, H, W, 2h]``, and both start from the input convolution's features.
+
+    vertical:   v' = gate(V v),   V a (k//2+1) x k convolution over rows i-k//2..i (all
+                columns of the current row too; the vertical stack is only read one row
+                lower, so that is allowed).
+    horizontal: h' = h + 1x1(gate(H h + 1x1(shift_down(V v)))),   H a 1 x k mask-B
+                convolution over the current row up to the current pixel (colour groups).
+    The vertical stack reaches every pixel above within its growing window, so the
+    PixelCNN's blind spot disappears. Gates are tanh·sigmoid per colour group; a class
+    bias (``condition`` ``[B, 2h]``) enters both tanh halves. Masks are applied inside
+    ``__call__`` (not as constraints after optimizer steps).
+    """
+
+    def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
+                 name: Optional[str] = None):
+        super().__init__(hidden_dim, n_colors, kernel_size, name=name)
+        width, k = 2 * hidden_dim, kernel_size
+        with self.name_scope:
+            self.vertical = Conv2D(2 * width, (k // 2 + 1, k), (k // 2, 0, k // 2, k // 2),
+                                   name="vertical")
+            self.vertical_to_horizontal = Conv2D(2 * width, (1, 1), name="v_to_h")
+            self.horizontal = MaskedConv2D(2 * width, (1, k), "B", n_colors, init_scale=1.0,
+                                           name="horizontal")
+            self.horizontal_out = MaskedConv2D(width, 1, "B", n_colors, name="h_out")
+
+    @staticmethod
+    def initial_state(features: tf.Tensor):
+        return features, features
+
+    @staticmethod
+    def features(state) -> tf.Tensor:
+        return state[1]
+
+    def __call__(self, state, condition: Optional[tf.Tensor] = None):
+        v, h = state
+        v_pre = self.vertical(v)  # [B, H, W, 4h]: rows up to the current one
+        # The horizontal stack at row i sees the vertical stack of row i-1 only.
+        h_pre = self.horizontal(h) + self.vertical_to_horizontal(shift_down(v_pre))
+        v_new = _gate(v_pre, self.n_colors, condition)  # [B, H, W, 2h]
+        h_new = h + self.horizontal_out(_gate(h_pre, self.n_colors, condition))
+        return v_new, h_new
+
+
+def _lstm_update(gates: tf.Tensor, cell: tf.Tensor, n_colors: int):
+    """LSTM cell update from pre-activations ``[..., 4·D]`` (i, f, o, g per colour group)
+    and the previous cell ``[..., D]`` → (hidden, cell), both ``[..., D]``.
+
+    i, f, o are sigmoid gates and g, the candidate, is tanh (not sigmoid).
+    """
+    i, f, o, g = split_colour_groups(gates, n_colors, 4)
+    cell = tf.sigmoid(f) * cell + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(cell), cell
+
+
+class _RecurrentPixelLayer(PixelLayer):
+    """Shared parts of the PixelRNN layers: an h-dimensional LSTM state, gates from a
+    masked input-to-state convolution (2h → 4h) and a state-to-state convolution, and a
+    residual 1x1 mask-B convolution (h → 2h) back into the stream."""
+
+    def _residual(self, state: tf.Tensor, hidden: tf.Tensor,
+                  condition: Optional[tf.Tensor]) -> tf.Tensor:
+        y = self.output(hidden)  # [B, H, W, 2h]
+        if condition is not None:
+            y += per_image(condition, y)
+        return state + y
+
+
+@register_pixel_layer("row_lstm")
+class RowLSTMBlock(_RecurrentPixelLayer):
+    """The Row LSTM of "Pixel Recurrent Neural Networks" (van den Oord et al. 2016).
+
+    Row by row (``tf.scan`` over rows): gates(i) = K_is ⊛ x(i) + K_ss ⊛ h(i-1), where
+    K_is is a 1 x k mask-B convolution of the current row (pixels up to the current one,
+    colour groups) and K_ss a 1 x k convolution of the previous row's hidden state with
+    zero padding at the row's ends only (it never reads the row below). Each state sees a
+    triangle of rows above widening by k//2 pixels a row.
+    """
+
+    def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
+                 name: Optional[str] = None):
+        super().__init__(hidden_dim, n_colors, kernel_size, name=name)
+        k = kernel_size
+        with self.name_scope:
+            self.input_to_state = MaskedConv2D(4 * hidden_dim, (1, k), "B", n_colors,
+                                               init_scale=1.0, name="input_to_state")
+            self.state_to_state = Conv2D(4 * hidden_dim, (1, k), (0, 0, k // 2, k // 2),
+                                         name="state_to_state")
+            self.output = MaskedConv2D(2 * hidden_dim, 1, "B", n_colors, name="output")
+
+    def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
+        x_gates = self.input_to_state(tf.nn.relu(state))  # [B, H, W, 4h]
+        batch, width = tf.shape(state)[0], state.shape[2]
+        self.state_to_state(tf.zeros([1, 1, width, self.hidden_dim]))  # create variables
+
+        def row_step(carry, gates_row):  # gates_row [B, W, 4h]
+            hidden, cell = carry  # [B, W, h] each
+            recurrent = self.state_to_state(hidden[:, None])[:, 0]  # [B, 1, W, 4h] → [B, W, 4h]
+            return _lstm_update(gates_row + recurrent, cell, self.n_colors)
+
+        zeros = tf.zeros([batch, width, self.hidden_dim], x_gates.dtype)
+        hidden, _ = tf.scan(row_step, tf.transpose(x_gates, [1, 0, 2, 3]),  # [H, B, W, 4h]
+                            initializer=(zeros, zeros))
+        hidden = tf.transpose(hidden, [1, 0, 2, 3])  # [H, B, W, h] → [B, H, W, h]
+        return self._residual(state, hidden, condition)
+
+
+def skew(x: tf.Tensor) -> tf.Tensor:
+    """``[B, H, W, C]`` → ``[B, H, W + H - 1, C]`` with row i moved right by i, so that
+    each diagonal of the image becomes a column."""
+    height = x.shape[1]
+    rows = [tf.pad(x[:, i], [[0, 0], [i, height - 1 - i], [0, 0]]) for i in range(height)]
+    return tf.stack(rows, axis=1)
+
+
+def unskew(x: tf.Tensor, width: int) -> tf.Tensor:
+    """Inverse of ``skew``: ``[B, H, W + H - 1, C]`` → ``[B, H, W, C]``."""
+    return tf.stack([x[:, i, i:i + width] for i in range(x.shape[1])], axis=1)
+
+
+@register_pixel_layer("diagonal_bilstm")
+class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
+    """The Diagonal BiLSTM of "Pixel Recurrent Neural Networks".
+
+    Two directions, each an LSTM along the image's diagonals computed on the skewed map
+    (``tf.scan`` over its columns): gates = K_is ⊛ x + K_ss ⊛ h_prev, where K_is is a 1x1
+    mask-B convolution and K_ss a 2x1 convolution of the previous column (the states of
+    (i, j-1) and (i-1, j)). The right-to-left direction runs on the mirrored image; its
+    whole output is moved down one row before the two are added, so a position sees only
+    rows above from it. Together they reach every earlier pixel (no blind spot).
+    """
+
+    def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
+                 name: Optional[str] = None):
+        super().__init__(hidden_dim, n_colors, kernel_size, name=name)
+        with self.name_scope:
+            self.input_to_state = [
+                MaskedConv2D(4 * hidden_dim, 1, "B", n_colors, init_scale=1.0,
+                             name=f"input_to_state_{d}") for d in ("forward", "backward")]
+            self.state_to_state = [
+                Conv2D(4 * hidden_dim, (2, 1), (1, 0, 0, 0), name=f"state_to_state_{d}")
+                for d in ("forward", "backward")]
+            self.output = MaskedConv2D(2 * hidden_dim, 1, "B", n_colors, name="output")
+
+    def _direction(self, x: tf.Tensor, d: int) -> tf.Tensor:
+        """One left-to-right diagonal LSTM: ``[B, H, W, 2h]`` → hidden ``[B, H, W, h]``."""
+        height, width = x.shape[1], x.shape[2]
+        gates = skew(self.input_to_state[d](x))  # [B, H, W+H-1, 4h]
+        conv = self.state_to_state[d]
+        conv(tf.zeros([1, height, 1, self.hidden_dim]))  # create variables
+
+        def column_step(carry, inputs):
+            hidden, cell = carry  # [B, H, h]: the previous column
+            gates_col, inside = inputs  # [B, H, 4h], [H, 1]
+            # Row i reads rows i-1 and i of the previous column (zero above row 0).
+            recurrent = conv(hidden[:, :, None])[:, :, 0]  # [B, H, 1, 4h] → [B, H, 4h]
+            hidden, cell = _lstm_update(gates_col + recurrent, cell, self.n_colors)
+            return hidden * inside, cell * inside  # states off the image stay zero
+
+        # inside[s, i]: skewed column s of row i is a pixel (0 <= s - i < W), not padding.
+        offset = tf.range(width + height - 1)[:, None] - tf.range(height)[None, :]
+        inside = tf.cast((offset >= 0) & (offset < width), gates.dtype)[..., None]
+        zeros = tf.zeros([tf.shape(x)[0], height, self.hidden_dim], gates.dtype)
+        hidden, _ = tf.scan(column_step, (tf.transpose(gates, [2, 0, 1, 3]), inside),
+                            initializer=(zeros, zeros))  # over [W', B, H, 4h]
+        return unskew(tf.transpose(hidden, [1, 2, 0, 3]), width)  # [W', B, H, h] → [B, H, W, h]
+
+    def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
+        x = tf.nn.relu(state)
+        forward = self._direction(x, 0)
+        backward = tf.reverse(self._direction(tf.reverse(x, axis=[2]), 1), axis=[2])
+        hidden = forward + shift_down(backward)  # the right-to-left part: rows above only
+        return self._residual(state, hidden, condition)

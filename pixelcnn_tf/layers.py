@@ -93,6 +93,69 @@ class MaskedConv2D(tf.Module):
         return y
 
 
+class Conv2D(tf.Module):
+    """An unmasked stride-1 convolution with explicit zero padding.
+
+    ``padding = (top, bottom, left, right)``: e.g. a (2, 3) kernel with padding
+    (1, 0, 1, 1) makes the output at row i read input rows i-1..i only (a "vertical
+    stack" convolution); (0, 0, 0, 0) with a (1, 1) kernel is a dense layer per position.
+    Kernel: truncated normal, stddev sqrt(init_scale / fan_in); bias: zeros.
+    """
+
+    def __init__(self, features_out: int, kernel_size: Sequence[int],
+                 padding: Sequence[int] = (0, 0, 0, 0), init_scale: float = 1.0,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        self.features_out = int(features_out)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.padding = tuple(int(p) for p in padding)
+        self.init_scale = float(init_scale)
+        self.kernel: Optional[tf.Variable] = None
+        self.bias: Optional[tf.Variable] = None
+
+    @tf.Module.with_name_scope
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        """``[B, H, W, C_in]`` → ``[B, H + top + bottom - kh + 1, W + left + right - kw + 1,
+        features_out]``."""
+        if self.kernel is None:
+            c_in = int(x.shape[-1])
+            fan_in = self.kernel_size[0] * self.kernel_size[1] * c_in
+            shape = (*self.kernel_size, c_in, self.features_out)
+            self.kernel = tf.Variable(tf.random.truncated_normal(
+                shape, stddev=float(np.sqrt(self.init_scale / fan_in))), name="kernel")
+            self.bias = tf.Variable(tf.zeros([self.features_out]), name="bias")
+        top, bottom, left, right = self.padding
+        if any(self.padding):
+            x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+        y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=1, padding="VALID")
+        return tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
+
+
+def shift_down(x: tf.Tensor, rows: int = 1) -> tf.Tensor:
+    """``[B, H, W, C]`` moved down by ``rows`` (zeros on top): output row i = input row
+    i - rows."""
+    return tf.pad(x, [[0, 0], [rows, 0], [0, 0], [0, 0]])[:, :-rows]
+
+
+def split_colour_groups(x: tf.Tensor, n_colors: int, parts: int) -> List[tf.Tensor]:
+    """Splits ``[..., n·parts·d]`` (contiguous colour groups) into ``parts`` tensors
+    ``[..., n·d]`` that keep the grouping: part p of group g holds channels
+    ``g·parts·d + p·d ..`` of the input. Gates built from the parts combine a colour only
+    with itself, so colour masks stay valid."""
+    d = x.shape[-1] // (n_colors * parts)
+    if d * n_colors * parts != x.shape[-1]:
+        raise ValueError(f"{x.shape[-1]} channels cannot be split into {n_colors} colour "
+                         f"groups of {parts} parts")
+    lead = tf.shape(x)[:-1]
+    y = tf.reshape(x, tf.concat([lead, [n_colors, parts, d]], 0))  # [..., n, parts, d]
+    out = []
+    for part in tf.unstack(y, num=parts, axis=-2):
+        part = tf.reshape(part, tf.concat([lead, [n_colors * d]], 0))  # [..., n, d] → [..., n·d]
+        part.set_shape(x.shape[:-1].concatenate([n_colors * d]))
+        out.append(part)
+    return out
+
+
 # -- evaluation at one position, for the cached (fast) sampler ------------------------------
 _ACTIVE_STEP: contextvars.ContextVar = contextvars.ContextVar("pixelcnn_position_step",
                                                              default=None)

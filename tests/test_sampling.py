@@ -83,8 +83,11 @@ def test_model_trained_on_one_value_samples_it(channels, tmp_path):
         generate_images(trainer.model, (4, 3), 2, channels, greedy=True), 201)
 
 
-def test_class_conditional_sampling(tmp_path):
-    cfg = tiny_config(1, num_classes=2)
+@pytest.mark.parametrize("layer_type", ["pixelcnn", "gated_pixelcnn", "row_lstm",
+                                        "diagonal_bilstm"])
+def test_class_conditional_sampling(tmp_path, layer_type):
+    """A model trained a few steps on two classes of distinct images samples each class."""
+    cfg = tiny_config(1, num_classes=2, type=layer_type)
     cfg.train.learning_rate = 0.05
     trainer = Trainer(cfg, str(tmp_path), (3, 3, 1))
     images = tf.concat([tf.fill([4, 3, 3, 1], tf.constant(30, tf.uint8)),
@@ -92,7 +95,9 @@ def test_class_conditional_sampling(tmp_path):
     labels = tf.constant([0] * 4 + [1] * 4)
     for _ in range(80):
         trainer.train_step(images, labels)
-    out = generate_images(trainer.model, (3, 3), 4, 1, labels=[0, 1, 0, 1], seed=0)
+    method = "fast" if trainer.model.supports_fast_sampling else "naive"
+    out = generate_images(trainer.model, (3, 3), 4, 1, labels=[0, 1, 0, 1], seed=0,
+                          method=method)
     assert np.mean(out[0::2] == 30) > 0.95 and np.mean(out[1::2] == 220) > 0.95
     with pytest.raises(ValueError, match="class-conditional"):
         generate_images(trainer.model, (3, 3), 2, 1)

@@ -1,0 +1,248 @@
+"""Pixel layers against numpy references, and their receptive fields."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from pixelcnn_tf.blocks import (DiagonalBiLSTMBlock, GatedPixelCNNBlock, PixelCNNBlock,
+                                RowLSTMBlock, skew, unskew)
+from pixelcnn_tf.masks import get_mask
+from pixelcnn_tf.models import build_model
+from test_layers import numpy_masked_conv
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def masked(conv, x):
+    """numpy reference of a MaskedConv2D call."""
+    mask = get_mask(conv.kernel_size, x.shape[-1], conv.features_out, conv.mode, conv.n_colors)
+    return numpy_masked_conv(x, conv.kernel.numpy(), conv.bias.numpy(), mask)
+
+
+def groups(x, n, parts):
+    """[..., n·parts·d] → parts arrays [..., n·d] (colour-group-wise split)."""
+    d = x.shape[-1] // (n * parts)
+    y = x.reshape(*x.shape[:-1], n, parts, d)
+    return [y[..., p, :].reshape(*x.shape[:-1], n * d) for p in range(parts)]
+
+
+def lstm(gates, cell, n):
+    i, f, o, g = groups(gates, n, 4)
+    cell = sigmoid(f) * cell + sigmoid(i) * np.tanh(g)  # g is tanh, not sigmoid
+    return sigmoid(o) * np.tanh(cell), cell
+
+
+def randomise(block):
+    for v in block.trainable_variables:
+        v.assign(tf.random.normal(v.shape, stddev=0.4))
+
+
+@pytest.fixture
+def x(rng):
+    return rng.normal(size=(2, 4, 5, 6)).astype(np.float32)  # 2h = 6, h = 3
+
+
+def test_pixelcnn_block_matches_numpy(x):
+    block = PixelCNNBlock(3, 3)
+    block(x)
+    randomise(block)
+    y = masked(block.reduce, relu(x))
+    y = masked(block.conv, relu(y))
+    y = masked(block.expand, relu(y))
+    np.testing.assert_allclose(block(x).numpy(), x + y, rtol=1e-4, atol=1e-4)
+
+
+def test_row_lstm_matches_numpy(x):
+    block = RowLSTMBlock(3, 3)
+    block(x)
+    randomise(block)
+    gates_in = masked(block.input_to_state, relu(x))  # [B, H, W, 12]
+    w = block.state_to_state.kernel.numpy()[0]  # [3, h, 4h]
+    b = block.state_to_state.bias.numpy()
+    batch, height, width, _ = x.shape
+    hidden = np.zeros((batch, width, 3))
+    cell = np.zeros((batch, width, 3))
+    out = np.zeros((batch, height, width, 3))
+    for i in range(height):
+        padded = np.pad(hidden, ((0, 0), (1, 1), (0, 0)))  # the previous row only
+        recurrent = sum(padded[:, d:d + width] @ w[d] for d in range(3)) + b
+        hidden, cell = lstm(gates_in[:, i] + recurrent, cell, 3)
+        out[:, i] = hidden
+    expected = x + masked(block.output, out)
+    np.testing.assert_allclose(block(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def diagonal_reference(gates_in, kernel, bias, n):
+    """Left-to-right diagonal LSTM without skewing: state(i, j) from state(i-1, j)
+    (kernel row 0) and state(i, j-1) (kernel row 1)."""
+    batch, height, width, _ = gates_in.shape
+    d = kernel.shape[2]
+    hidden = np.zeros((batch, height + 1, width + 1, d))  # one row / column of zeros
+    cell = np.zeros_like(hidden)
+    for i in range(height):
+        for j in range(width):
+            recurrent = hidden[:, i, j + 1] @ kernel[0, 0] + hidden[:, i + 1, j] @ kernel[1, 0]
+            h, c = lstm(gates_in[:, i, j] + recurrent + bias, cell[:, i + 1, j], n)
+            hidden[:, i + 1, j + 1], cell[:, i + 1, j + 1] = h, c
+    return hidden[:, 1:, 1:]
+
+
+def test_diagonal_bilstm_matches_numpy(x):
+    block = DiagonalBiLSTMBlock(3, 3)
+    block(x)
+    randomise(block)
+    r = relu(x)
+    forward = diagonal_reference(masked(block.input_to_state[0], r),
+                                 block.state_to_state[0].kernel.numpy(),
+                                 block.state_to_state[0].bias.numpy(), 3)
+    mirrored = r[:, :, ::-1]
+    backward = diagonal_reference(masked(block.input_to_state[1], mirrored),
+                                  block.state_to_state[1].kernel.numpy(),
+                                  block.state_to_state[1].bias.numpy(), 3)[:, :, ::-1]
+    shifted = np.pad(backward, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]  # whole map down
+    expected = x + masked(block.output, forward + shifted)
+    np.testing.assert_allclose(block(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gated_block_matches_numpy(x, rng):
+    block = GatedPixelCNNBlock(3, 3)
+    block((x, x))
+    randomise(block)
+    v = rng.normal(size=x.shape).astype(np.float32)
+    cond = rng.normal(size=(2, 6)).astype(np.float32)
+    kv = block.vertical.kernel.numpy()  # [2, 3, 6, 24]
+    v_pad = np.pad(v, ((0, 0), (1, 0), (1, 1), (0, 0)))  # rows i-1..i, columns j-1..j+1
+    v_pre = sum(np.einsum("bhwc,co->bhwo", v_pad[:, a:a + 4, c:c + 5], kv[a, c])
+                for a in range(2) for c in range(3)) + block.vertical.bias.numpy()
+    v_down = np.pad(v_pre, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+    to_h = v_down @ block.vertical_to_horizontal.kernel.numpy()[0, 0] \
+        + block.vertical_to_horizontal.bias.numpy()
+    h_pre = masked(block.horizontal, x) + to_h
+
+    def gate(z):
+        a, b = groups(z, 3, 2)
+        return np.tanh(a + cond[:, None, None]) * sigmoid(b)
+
+    v_new, h_new = block((v, x), tf.constant(cond))
+    np.testing.assert_allclose(v_new.numpy(), gate(v_pre), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h_new.numpy(), x + masked(block.horizontal_out, gate(h_pre)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_skew_round_trip(rng):
+    x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    s = skew(tf.constant(x)).numpy()
+    assert s.shape == (2, 3, 6, 5)
+    np.testing.assert_array_equal(s[:, 1, 1:5], x[:, 1])  # row i starts at column i
+    np.testing.assert_array_equal(s[:, 2, :2], 0)
+    np.testing.assert_array_equal(unskew(tf.constant(s), 4).numpy(), x)
+
+
+# -- receptive fields -------------------------------------------------------------------------
+def dependence(layer_type, i=5, j=4, shape=(8, 9)):
+    """Which input pixels the output at (i, j) depends on: bool [H, W]."""
+    tf.random.set_seed(0)
+    model = build_model(tiny_config(1, type=layer_type, n_layers=3).model, (*shape, 1))
+    gen = np.random.default_rng(0)
+    x = tf.constant(gen.uniform(size=(4, *shape, 1)).astype(np.float32))
+    proj = tf.constant(gen.normal(size=256).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(model(x)[:, i, j, 0, :] * proj)
+    return np.abs(tape.gradient(y, x).numpy()).sum(axis=(0, 3)) != 0
+
+
+NEAR = [(r, c) for r in (3, 4) for c in range(2, 7)] + [(5, 2), (5, 3)]  # rows above, left
+
+
+def test_pixelcnn_has_the_blind_spot():
+    dep = dependence("pixelcnn")
+    assert not dep[4, 6]  # (i-1, j+2): missed although...
+    assert dep[3, 6] and dep[2, 7]  # ...pixels further up and right are seen
+
+
+@pytest.mark.parametrize("layer_type", ["gated_pixelcnn", "diagonal_bilstm"])
+def test_no_blind_spot(layer_type):
+    dep = dependence(layer_type)
+    assert all(dep[p] for p in NEAR)
+
+
+def test_diagonal_bilstm_sees_whole_rows_above():
+    dep = dependence("diagonal_bilstm")
+    assert dep[:4].all()  # every pixel of the rows i-2 and above
+    assert dep[4, :8].all()  # row i-1 but its last pixel, only seen from (i-1, W)
+
+
+def test_row_lstm_field_is_a_triangle():
+    dep = dependence("row_lstm")
+    i, j = 5, 4
+    for d in (1, 2, 3):
+        cols = np.flatnonzero(dep[i - d])
+        assert cols.min() == 0 and cols.max() == j + d  # widening by one pixel per row
+        assert len(cols) == j + d + 1  # and filled
+    assert dep[i, :j].all() and not dep[i, j:].any()
+
+
+# -- the faults of the common TF1 PixelRNN port are caught -----------------------------------
+from pixelcnn_tf import blocks  # noqa: E402
+from test_models import raster_jacobian  # noqa: E402
+
+
+def future_dependence(layer_cls, channels=3):
+    """Largest |d output / d input| at or after the output's own sub-pixel."""
+    blocks.PIXEL_LAYERS["test_faulty"] = layer_cls
+    try:
+        tf.random.set_seed(0)
+        model = build_model(tiny_config(channels, type="test_faulty").model, (4, 4, channels))
+        jac = raster_jacobian(model, (4, 4, channels))
+    finally:
+        del blocks.PIXEL_LAYERS["test_faulty"]
+    return jac[np.triu(np.ones(jac.shape, bool))].max()
+
+
+def test_correct_layers_have_no_future_dependence():
+    assert future_dependence(RowLSTMBlock) == 0
+    assert future_dependence(DiagonalBiLSTMBlock) == 0
+
+
+def test_sigmoid_candidate_gate_is_caught(x, monkeypatch):
+    def sigmoid_g(gates, cell, n_colors):  # the fault: g through a sigmoid
+        i, f, o, g = blocks.split_colour_groups(gates, n_colors, 4)
+        cell = tf.sigmoid(f) * cell + tf.sigmoid(i) * tf.sigmoid(g)
+        return tf.sigmoid(o) * tf.tanh(cell), cell
+
+    monkeypatch.setattr(blocks, "_lstm_update", sigmoid_g)
+    with pytest.raises(AssertionError):
+        test_row_lstm_matches_numpy(x)
+
+
+class ZeroedLastRowBiLSTM(DiagonalBiLSTMBlock):
+    """The fault: the backward output's last row zeroed instead of shifting it down."""
+
+    def __call__(self, state, condition=None):
+        x = tf.nn.relu(state)
+        backward = tf.reverse(self._direction(tf.reverse(x, axis=[2]), 1), axis=[2])
+        keep = tf.concat([tf.ones_like(backward[:, :-1]), tf.zeros_like(backward[:, -1:])], 1)
+        return self._residual(state, self._direction(x, 0) + backward * keep, condition)
+
+
+class SamePaddedRowLSTM(RowLSTMBlock):
+    """The fault: a SAME-padded 3x1 state-to-state convolution over the hidden states,
+    which also reads the row below."""
+
+    def __call__(self, state, condition=None):
+        hidden = super().__call__(state, condition) - state
+        mixed = tf.nn.conv2d(hidden, tf.ones([3, 1, hidden.shape[-1], hidden.shape[-1]]) / 3,
+                             strides=1, padding="SAME")
+        return state + mixed
+
+
+@pytest.mark.parametrize("faulty", [ZeroedLastRowBiLSTM, SamePaddedRowLSTM])
+def test_causality_faults_are_caught_by_the_jacobian(faulty):
+    assert future_dependence(faulty) > 0
