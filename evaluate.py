@@ -38,10 +38,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     cli.import_tensorflow_quietly()
 
-    from pixelcnn_tf import data as data_lib
-    from pixelcnn_tf import viz
-    from pixelcnn_tf.config import ConfigError, load_config
-    from pixelcnn_tf.sampling import complete_images
+    from pixelcnn_tf.config import load_config
     from pixelcnn_tf.trainer import CONFIG_FILE, Trainer, read_model_info
 
     info = read_model_info(args.workdir)
@@ -50,6 +47,15 @@ def main(argv: Sequence[str]) -> int:
     trainer = Trainer(config, args.workdir, image_shape)
     if not trainer.restore():
         raise FileNotFoundError(f"{args.workdir} has no checkpoint; train first")
+    with trainer.inference_weights():  # the moving averages when the run keeps them
+        return _evaluate(args, config, trainer, image_shape)
+
+
+def _evaluate(args, config, trainer, image_shape) -> int:
+    from pixelcnn_tf import data as data_lib
+    from pixelcnn_tf import viz
+    from pixelcnn_tf.config import ConfigError
+    from pixelcnn_tf.sampling import complete_images
 
     split = None
     split_name = args.split or data_lib.default_eval_split(config.data)

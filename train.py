@@ -56,7 +56,8 @@ def main(argv: Sequence[str]) -> int:
     if args.export_only:
         if not trainer.restore():
             raise FileNotFoundError(f"{args.workdir} has no checkpoint to export; train first")
-        export_saved_model(trainer.model, config, export_dir)
+        with trainer.inference_weights():
+            export_saved_model(trainer.model, config, export_dir)
         print(f"exported step {trainer.step} to {export_dir}")
         return 0
     if trainer.restore():
@@ -67,6 +68,8 @@ def main(argv: Sequence[str]) -> int:
               f"{train_split.image_shape}, {train_split.num_examples} training / "
               f"{val_split.num_examples} validation images")
     result = trainer.fit(train_split, val_split)
+    if result.get("interrupted"):
+        return 0  # the checkpoint is written; no evaluation or export
     val = result.get("validation")
     if val:
         print(f"validation bits/dim: {val['bits_per_dim']:.4f} ({val['num_images']} images, "
@@ -74,7 +77,8 @@ def main(argv: Sequence[str]) -> int:
     else:
         print(f"nothing to do: the run is at step {result['step']} of train.steps="
               f"{config.train.steps}; raise train.steps to train longer")
-    export_saved_model(trainer.model, config, export_dir)
+    with trainer.inference_weights():
+        export_saved_model(trainer.model, config, export_dir)
     print(f"exported a SavedModel to {export_dir}")
     return 0
 

@@ -257,32 +257,40 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
                 for d in ("forward", "backward")]
             self.output = MaskedConv2D(2 * hidden_dim, 1, "B", n_colors, name="output")
 
-    def _direction(self, x: tf.Tensor, d: int) -> tf.Tensor:
-        """One left-to-right diagonal LSTM: ``[B, H, W, 2h]`` → hidden ``[B, H, W, h]``."""
-        height, width = x.shape[1], x.shape[2]
-        gates = skew(self.input_to_state[d](x))  # [B, H, W+H-1, 4h]
-        conv = self.state_to_state[d]
-        conv(tf.zeros([1, height, 1, self.hidden_dim]))  # create variables
+    def _directions(self, x: tf.Tensor, mirrored: tf.Tensor):
+        """Both left-to-right diagonal LSTMs in one ``tf.scan``: the forward one on ``x``
+        and the backward one on the mirrored ``mirrored`` (each ``[B, H, W, 2h]``) →
+        their hidden states ``[B, H, W, h]`` (the backward one still mirrored)."""
+        height, width, d = x.shape[1], x.shape[2], self.hidden_dim
+        gates = tf.stack([skew(self.input_to_state[0](x)),
+                          skew(self.input_to_state[1](mirrored))])  # [2, B, H, W', 4h]
+        for conv in self.state_to_state:
+            conv(tf.zeros([1, height, 1, d]))  # create variables
+        # Kernels [2 (direction), 2 (tap: row above, same row), h, 4h], biases [2, 1, 1, 4h].
+        kernels = tf.stack([conv.kernel[:, 0] for conv in self.state_to_state])
+        biases = tf.stack([conv.bias for conv in self.state_to_state])[:, None, None]
 
         def column_step(carry, inputs):
-            hidden, cell = carry  # [B, H, h]: the previous column
-            gates_col, inside = inputs  # [B, H, 4h], [H, 1]
-            # Row i reads rows i-1 and i of the previous column (zero above row 0).
-            recurrent = conv(hidden[:, :, None])[:, :, 0]  # [B, H, 1, 4h] → [B, H, 4h]
+            hidden, cell = carry  # [2, B, H, h]: the previous column
+            gates_col, inside = inputs  # [2, B, H, 4h], [H, 1]
+            above = tf.pad(hidden, [[0, 0], [0, 0], [1, 0], [0, 0]])[:, :, :-1]  # row i-1
+            recurrent = (tf.einsum("dbhc,dco->dbho", above, kernels[:, 0])
+                         + tf.einsum("dbhc,dco->dbho", hidden, kernels[:, 1]) + biases)
             hidden, cell = _lstm_update(gates_col + recurrent, cell, self.n_colors)
             return hidden * inside, cell * inside  # states off the image stay zero
 
         # inside[s, i]: skewed column s of row i is a pixel (0 <= s - i < W), not padding.
         offset = tf.range(width + height - 1)[:, None] - tf.range(height)[None, :]
         inside = tf.cast((offset >= 0) & (offset < width), gates.dtype)[..., None]
-        zeros = tf.zeros([tf.shape(x)[0], height, self.hidden_dim], gates.dtype)
-        hidden, _ = tf.scan(column_step, (tf.transpose(gates, [2, 0, 1, 3]), inside),
-                            initializer=(zeros, zeros))  # over [W', B, H, 4h]
-        return unskew(tf.transpose(hidden, [1, 2, 0, 3]), width)  # [W', B, H, h] → [B, H, W, h]
+        zeros = tf.zeros([2, tf.shape(x)[0], height, d], gates.dtype)
+        hidden, _ = tf.scan(column_step, (tf.transpose(gates, [3, 0, 1, 2, 4]), inside),
+                            initializer=(zeros, zeros))  # over [W', 2, B, H, 4h]
+        hidden = tf.transpose(hidden, [1, 2, 3, 0, 4])  # [W', 2, B, H, h] → [2, B, H, W', h]
+        return unskew(hidden[0], width), unskew(hidden[1], width)
 
     def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
         x = tf.nn.relu(state)
-        forward = self._direction(x, 0)
-        backward = tf.reverse(self._direction(tf.reverse(x, axis=[2]), 1), axis=[2])
+        forward, backward = self._directions(x, tf.reverse(x, axis=[2]))
+        backward = tf.reverse(backward, axis=[2])
         hidden = forward + shift_down(backward)  # the right-to-left part: rows above only
         return self._residual(state, hidden, condition)

@@ -70,6 +70,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=500, metadata={"min": 1})
     keep_checkpoints: int = field(default=3, metadata={"min": 1})
     sample_every: int = field(default=1000, metadata={"min": 1})
+    max_bad_steps: int = field(default=5, metadata={"min": 1})  # non-finite batches in a row
+    ema_decay: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
+    mixed_precision: str = field(default="none",
+                                 metadata=_choices(("none", "bfloat16", "float16")))
 
 
 @dataclass
@@ -135,6 +139,8 @@ def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         raise ConfigError(f"{key}={value} is out of range: it must be >= {meta['min']}")
     if "min_exclusive" in meta and value <= meta["min_exclusive"]:
         raise ConfigError(f"{key}={value} is out of range: it must be > {meta['min_exclusive']}")
+    if "max_exclusive" in meta and value >= meta["max_exclusive"]:
+        raise ConfigError(f"{key}={value} is out of range: it must be < {meta['max_exclusive']}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{key}={value} is out of range: it must be <= {meta['max']}")
     if meta.get("odd") and value % 2 == 0:

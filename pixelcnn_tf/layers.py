@@ -196,6 +196,7 @@ class PositionCaches:
     def __init__(self, layers: Sequence[MaskedConv2D], batch: tf.Tensor,
                  image_hw: Sequence[int], dtype: tf.DType = tf.float32):
         height, width = image_hw
+        self.dtype = tf.as_dtype(dtype)
         self.layers = list(layers)
         self.index: Dict[int, int] = {}
         self.weights: Dict[int, tf.Tensor] = {}

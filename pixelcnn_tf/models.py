@@ -29,8 +29,11 @@ class PixelRNN(tf.Module):
     def __init__(self, image_shape: Sequence[int], layer_type: str = "pixelcnn",
                  hidden_dim: int = 64, out_dim: int = 256, n_layers: int = 5,
                  kernel_size: int = 3, input_kernel_size: int = 7, num_classes: int = 0,
-                 name: Optional[str] = None):
+                 compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
         super().__init__(name=name)
+        # Layers compute in compute_dtype (e.g. bfloat16); variables stay float32 and the
+        # logits are returned in float32, so the softmax and loss run in float32.
+        self.compute_dtype = tf.as_dtype(compute_dtype)
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}")
         self.image_shape = tuple(int(d) for d in image_shape)
@@ -83,10 +86,11 @@ class PixelRNN(tf.Module):
         and every layer yields only the colour group being sampled: ``[B, 2h/C]`` in the
         stream and the logits ``[B, 256]`` of that colour at the end.
         """
-        x = self.preprocess(images)
+        x = tf.cast(self.preprocess(images), self.compute_dtype)
         bias = None
         if self.num_classes > 0:
-            bias = tf.gather(self.class_bias, tf.cast(labels, tf.int32))  # [B, L+1, 2h]
+            bias = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
+                           self.compute_dtype)  # [B, L+1, 2h]
         features = self.input_conv(x)  # [B, H, W, 2h]
         if bias is not None:
             features += per_image(position_group(bias[:, 0], self.n_colors), features)
@@ -97,7 +101,7 @@ class PixelRNN(tf.Module):
             state = layer(state, condition)
         features = self._layer_cls.features(state)  # [B, H, W, 2h]
         y = self.output_hidden(tf.nn.relu(features))  # [B, H, W, out_dim]
-        y = self.output_logits(tf.nn.relu(y))  # [B, H, W, C*256]
+        y = tf.cast(self.output_logits(tf.nn.relu(y)), tf.float32)  # [B, H, W, C*256]
         if in_position_step():
             return y  # [B, 256]: the logits of the colour being sampled
         shape = tf.shape(y)
@@ -138,17 +142,20 @@ class PixelRNN(tf.Module):
         return self._forward(pixels, labels if self.num_classes > 0 else None)
 
 
-def build_model(model_config, image_shape: Sequence[int]) -> PixelRNN:
+def build_model(model_config, image_shape: Sequence[int],
+                compute_dtype: tf.DType = tf.float32) -> PixelRNN:
     """Builds a model from ``model_config`` (a ``ModelConfig``) and creates its variables.
 
     Returns a ``tf.Module``: ``model(images, labels=None)`` with images ``[B, H, W, C]`` in
-    [0, 1] returns logits ``[B, H, W, C, 256]``.
+    [0, 1] returns float32 logits ``[B, H, W, C, 256]``. ``compute_dtype`` (bfloat16 or
+    float16 for mixed precision) is the dtype of the layers' arithmetic.
     """
     model = PixelRNN(image_shape, layer_type=model_config.type,
                      hidden_dim=model_config.hidden_dim, out_dim=model_config.out_dim,
                      n_layers=model_config.n_layers, kernel_size=model_config.kernel_size,
                      input_kernel_size=model_config.input_kernel_size,
-                     num_classes=model_config.num_classes, name="pixel_rnn")
+                     num_classes=model_config.num_classes, compute_dtype=compute_dtype,
+                     name="pixel_rnn")
     images = tf.zeros([1, *model.image_shape])
     labels = tf.zeros([1], tf.int32) if model.num_classes > 0 else None
     model(images, labels)  # creates every variable now, eagerly

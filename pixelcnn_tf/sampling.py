@@ -118,7 +118,8 @@ def _fast_loop(model, greedy: bool, conditional: bool):
     def sample(images, start, seed, temperature, labels):
         n = tf.shape(images)[0]
         rows = tf.range(n)
-        caches = PositionCaches(model.masked_convs, n, (height, width))
+        caches = PositionCaches(model.masked_convs, n, (height, width),
+                                getattr(model, "compute_dtype", tf.float32))
         labels_or_none = labels if conditional else None
 
         def body(k, images, state):
@@ -136,6 +137,7 @@ def _fast_loop(model, greedy: bool, conditional: bool):
             # The image caches get the pixel with the value just drawn (complete after its
             # last colour): a scatter of [N, C], cheaper than a conditional.
             pixel = model.preprocess(tf.cast(images[:, i, j, :], tf.float32) / 255.0)
+            pixel = tf.cast(pixel, caches.dtype)
             for layer in model.image_convs:
                 state = caches.write(state, layer, pixel, i, j, c)
             return k + 1, images, state

@@ -11,10 +11,14 @@ Workdir layout::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -35,6 +39,8 @@ MODEL_INFO_FILE = "model_info.json"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 SAVED_MODEL_DIR = "saved_model"
+COMPUTE_DTYPES = {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
+LOSS_SCALE_GROWTH_STEPS = 2000
 
 
 @dataclasses.dataclass
@@ -78,6 +84,59 @@ def check_resume_compatible(workdir: str, config: Config) -> None:
                 f"model.{key}={saved[key]!r} to resume")
 
 
+class WeightAverage(tf.Module):
+    """Exponential moving average of variables, kept in shadow variables (checkpointed).
+
+    shadow ← d·shadow + (1 - d)·value after every optimizer step, with
+    d = min(decay, (1 + step) / (10 + step)) so the first steps are not dominated by the
+    initial weights.
+    """
+
+    def __init__(self, variables, decay: float, name=None):
+        super().__init__(name=name)
+        self.decay = float(decay)
+        self._variables = list(variables)
+        self.shadows = [tf.Variable(v, trainable=False, name="average") for v in variables]
+
+    def update(self, step: tf.Tensor) -> None:
+        step = tf.cast(step, tf.float32)
+        d = tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
+        for shadow, v in zip(self.shadows, self._variables):
+            shadow.assign(d * shadow + (1.0 - d) * v)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """Within this block the variables hold the averages."""
+        backup = [v.numpy() for v in self._variables]
+        for v, shadow in zip(self._variables, self.shadows):
+            v.assign(shadow)
+        try:
+            yield
+        finally:
+            for v, value in zip(self._variables, backup):
+                v.assign(value)
+
+
+class _StopRequest:
+    """Turns SIGINT / SIGTERM into a request to stop after the current step."""
+
+    def __init__(self):
+        self.signal: Optional[str] = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer:
     """Owns a model, its Adam optimizer with an exponential-decay schedule, a
     ``tf.train.CheckpointManager`` and the TensorBoard writers of one workdir."""
@@ -88,13 +147,25 @@ class Trainer:
         self.workdir = workdir
         self.image_shape = tuple(int(d) for d in image_shape)
         tf.random.set_seed(config.train.seed)  # deterministic initialisation
-        self.model = build_model(config.model, self.image_shape)
+        self.compute_dtype = COMPUTE_DTYPES[config.train.mixed_precision]
+        self.model = build_model(config.model, self.image_shape, self.compute_dtype)
+        # float16 needs loss scaling so small gradients do not underflow; bfloat16 has
+        # float32's exponent range and needs none.
+        self.loss_scale = self._good_steps = None
+        if self.compute_dtype == tf.float16:
+            self.loss_scale = tf.Variable(2.0**15, trainable=False, name="loss_scale")
+            self._good_steps = tf.Variable(0, trainable=False, name="good_steps")
         self.conditional = config.model.num_classes > 0
         self.optimizer = tf.keras.optimizers.Adam(learning_rate_schedule(config.train))
         self.optimizer.build(self.model.trainable_variables)
         self.rng = tf.random.Generator.from_seed(config.train.seed)
+        self.average = (WeightAverage(self.model.trainable_variables, config.train.ema_decay)
+                        if config.train.ema_decay > 0 else None)
+        parts = {"average": self.average} if self.average is not None else {}
+        if self.loss_scale is not None:
+            parts.update(loss_scale=self.loss_scale, good_steps=self._good_steps)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              rng=self.rng)
+                                              rng=self.rng, **parts)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR),
             max_to_keep=config.train.keep_checkpoints)
@@ -138,20 +209,43 @@ class Trainer:
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             loss = mean_bits_per_dim(self._logits(images, labels), images)
-        grads = tape.gradient(loss, variables)
+            scaled = loss * self.loss_scale if self.loss_scale is not None else loss
+        grads = tape.gradient(scaled, variables)
+        if self.loss_scale is not None:
+            grads = [g / self.loss_scale for g in grads]
         grad_norm = tf.linalg.global_norm(grads)
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(grad_norm))
+        if self.loss_scale is not None:
+            self._update_loss_scale(finite)
 
         def apply():
             self.optimizer.apply_gradients(zip(grads, variables))
+            if self.average is not None:
+                self.average.update(self.optimizer.iterations)
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
         return loss, grad_norm, applied
 
+    def _update_loss_scale(self, finite: tf.Tensor) -> None:
+        """Dynamic loss scaling (float16): halve on overflow, double after 2,000 good steps."""
+        good = tf.where(finite, self._good_steps + 1, 0)
+        grow = good >= LOSS_SCALE_GROWTH_STEPS
+        scale = tf.where(finite, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
+                         tf.maximum(self.loss_scale / 2.0, 1.0))
+        self.loss_scale.assign(scale)
+        self._good_steps.assign(tf.where(grow, 0, good))
+
     def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         """NLL in nats of each image ``[B]``."""
         return nll_per_image(self._logits(images, labels), images)
+
+    def inference_weights(self):
+        """Context in which the model holds the weights used for evaluation, sampling and
+        export: the moving averages when ``train.ema_decay > 0``, else the weights."""
+        if self.average is None:
+            return contextlib.nullcontext()
+        return self.average.swapped_in()
 
     def evaluate(self, dataset: tf.data.Dataset, max_batches: int = 0) -> EvalResult:
         """Exact bits/dim over ``dataset`` (batches of (uint8 images, labels)): the summed
@@ -204,20 +298,37 @@ class Trainer:
                    disable=start >= cfg.train.steps)
         window_loss, window_steps, window_time = 0.0, 0, 0.0
         step = start
+        bad_steps = 0
         iterator = iter(train_ds)
+        stop = _StopRequest()
         try:
             while step < cfg.train.steps:
+                if stop.signal is not None:
+                    path = self.save()
+                    bar.write(f"received {stop.signal}: stopped after step {step}, saved "
+                              f"{path}; run the same command again to resume")
+                    result["interrupted"] = stop.signal
+                    break
                 t0 = time.perf_counter()  # input + step only: eval / sampling excluded
                 images, labels = next(iterator)
                 loss, grad_norm, applied = self.train_step(images, labels)
                 loss = float(loss)
                 window_time += time.perf_counter() - t0
+                if not bool(applied) and self.loss_scale is not None and math.isfinite(loss):
+                    continue  # float16 overflow: the loss scale was halved; try again
                 if not bool(applied):
-                    raise TrainingError(
-                        f"the loss or gradient became non-finite at step {step + 1} (loss "
-                        f"{loss:.4g}, gradient norm {float(grad_norm):.4g}); the step "
-                        f"was not applied and the last checkpoint is untouched. Lower "
-                        f"train.learning_rate and resume from the workdir.")
+                    bad_steps += 1
+                    bar.write(f"step {step + 1}: non-finite loss ({loss:.4g}) or gradient "
+                              f"norm ({float(grad_norm):.4g}); batch skipped "
+                              f"({bad_steps}/{cfg.train.max_bad_steps})")
+                    if bad_steps >= cfg.train.max_bad_steps:
+                        raise TrainingError(
+                            f"the loss or gradient was non-finite for {bad_steps} batches in "
+                            f"a row at step {step + 1}; no step was applied and the last "
+                            f"checkpoint is untouched. Lower train.learning_rate (or train "
+                            f"in float32) and resume from the workdir.")
+                    continue
+                bad_steps = 0
                 step += 1
                 window_loss += loss
                 window_steps += 1
@@ -240,15 +351,18 @@ class Trainer:
                 if step % cfg.train.checkpoint_every == 0 or last:
                     self.save()
                 if val_ds is not None and (step % cfg.train.eval_every == 0 or last):
-                    ev = self.evaluate(val_ds, cfg.train.eval_batches)
+                    with self.inference_weights():
+                        ev = self.evaluate(val_ds, cfg.train.eval_batches)
                     with val_writer.as_default(step=step):
                         tf.summary.scalar("bits_per_dim", ev.bits_per_dim)
                     bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f} "
                               f"({ev.num_images} images)")
                     result["validation"] = ev.as_dict()
                 if step % cfg.train.sample_every == 0 or last:
-                    self._write_samples(train_writer, step)
+                    with self.inference_weights():
+                        self._write_samples(train_writer, step)
         finally:
+            stop.restore()
             bar.close()
             train_writer.flush()
             val_writer.flush()

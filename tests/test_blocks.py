@@ -227,9 +227,10 @@ class ZeroedLastRowBiLSTM(DiagonalBiLSTMBlock):
 
     def __call__(self, state, condition=None):
         x = tf.nn.relu(state)
-        backward = tf.reverse(self._direction(tf.reverse(x, axis=[2]), 1), axis=[2])
+        forward, backward = self._directions(x, tf.reverse(x, axis=[2]))
+        backward = tf.reverse(backward, axis=[2])
         keep = tf.concat([tf.ones_like(backward[:, :-1]), tf.zeros_like(backward[:, -1:])], 1)
-        return self._residual(state, self._direction(x, 0) + backward * keep, condition)
+        return self._residual(state, forward + backward * keep, condition)
 
 
 class SamePaddedRowLSTM(RowLSTMBlock):
