@@ -60,6 +60,7 @@ def main(argv: Sequence[str]) -> int:
             export_saved_model(trainer.model, config, export_dir)
         print(f"exported step {trainer.step} to {export_dir}")
         return 0
+    trainer.check_disk_space()
     if trainer.restore():
         print(f"resuming {args.workdir} from step {trainer.step}")
     else:

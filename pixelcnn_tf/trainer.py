@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -192,6 +193,22 @@ class Trainer:
                               f"({type(e).__name__}: {str(e).splitlines()[0]}); use a new "
                               f"--workdir or the config the run was started with") from None
         return True
+
+    def checkpoint_bytes(self) -> int:
+        """Approximate size of one checkpoint: weights, Adam's two moments, averages."""
+        n = count_parameters(self.model)
+        return 4 * n * (3 + (1 if self.average is not None else 0))
+
+    def check_disk_space(self) -> None:
+        """Fails before training when the workdir's disk cannot hold the checkpoints."""
+        need = self.checkpoint_bytes() * (self.config.train.keep_checkpoints + 1) + 50 * 2**20
+        free = shutil.disk_usage(self.workdir).free
+        if free < need:
+            raise ConfigError(
+                f"the disk of --workdir {self.workdir} has {free / 2**20:.0f} MiB free but "
+                f"{self.config.train.keep_checkpoints} checkpoints of this model need about "
+                f"{need / 2**20:.0f} MiB; free some space, choose another --workdir or lower "
+                f"train.keep_checkpoints")
 
     def save(self) -> str:
         return self.manager.save(checkpoint_number=self.step)

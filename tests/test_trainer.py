@@ -192,3 +192,15 @@ def test_mixed_precision_trains_close_to_float32(tmp_path, batch, precision):
         results[name] = trainer.evaluate([batch]).bits_per_dim
     assert abs(results[precision] - results["none"]) < 0.05
     assert results["none"] < 8.0
+
+
+def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
+    import collections
+    import shutil
+    trainer = Trainer(tiny_config(1), str(tmp_path), (4, 4, 1))
+    trainer.check_disk_space()  # plenty of space here
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 2**20))
+    with pytest.raises(ConfigError, match=r"has 1 MiB free but 3 checkpoints .* need about "
+                                          r"\d+ MiB; free some space"):
+        trainer.check_disk_space()
