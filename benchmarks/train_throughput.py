@@ -19,7 +19,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from pixelcnn_tf import cli  # noqa: E402
+
+cli.import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -46,7 +48,7 @@ class RefMaskedConv(keras.layers.Layer):
         self.kernel = self.add_weight(shape=(k, k, cin, self.filters),
                                       initializer="glorot_uniform")
         self.bias = self.add_weight(shape=(self.filters,), initializer="zeros")
-        self.mask = tf.constant(get_mask(k, cin, self.filters, self.mask_type, self.n_colors))
+        self.mask = get_mask(k, cin, self.filters, self.mask_type, self.n_colors)  # numpy
 
     def call(self, x):
         return tf.nn.conv2d(x, self.kernel * self.mask, 1, "SAME") + self.bias
@@ -77,12 +79,15 @@ def reference_model(cfg):
 
 
 def images_per_second(step, args, batch, steps: int, warmup: int = 3) -> float:
+    def run_once():
+        out = step(*args)
+        return float(out[0] if isinstance(out, tuple) else out)  # waits for the step
+
     for _ in range(warmup):
-        float(step(*args)[0] if isinstance(step(*args), tuple) else step(*args))
+        run_once()
     start = time.perf_counter()
     for _ in range(steps):
-        out = step(*args)
-        float(out[0] if isinstance(out, tuple) else out)
+        run_once()
     return steps * batch / (time.perf_counter() - start)
 
 
