@@ -78,12 +78,13 @@ def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tens
     return tf.argmax(logits / temperature + gumbel, axis=-1, output_type=tf.int32)
 
 
-def _naive_loop(model, greedy: bool, conditional: bool):
+def _naive_loop(model_ref, greedy: bool, conditional: bool):
     """``(images, start, seed, temperature, labels) → images``: a full pass per sub-pixel."""
-    height, width, channels = model.image_shape
+    height, width, channels = model_ref().image_shape
     total = height * width * channels
 
     def sample(images, start, seed, temperature, labels):
+        model = model_ref()  # traced while the caller holds the model
         n = tf.shape(images)[0]
         rows = tf.range(n)
 
@@ -103,7 +104,7 @@ def _naive_loop(model, greedy: bool, conditional: bool):
     return sample
 
 
-def _fast_loop(model, greedy: bool, conditional: bool):
+def _fast_loop(model_ref, greedy: bool, conditional: bool):
     """``(images, start, seed, temperature, labels) → images``: one position and one colour
     group of every layer per sub-pixel (``layers.PositionCaches``).
 
@@ -112,10 +113,11 @@ def _fast_loop(model, greedy: bool, conditional: bool):
     the caches written while drawing it are final; only the caches holding the image
     itself (``model.image_convs``) are rewritten with each value drawn.
     """
-    height, width, channels = model.image_shape
+    height, width, channels = model_ref().image_shape
     total = height * width * channels
 
     def sample(images, start, seed, temperature, labels):
+        model = model_ref()  # traced while the caller holds the model
         n = tf.shape(images)[0]
         rows = tf.range(n)
         caches = PositionCaches(model.masked_convs, n, (height, width),
@@ -160,7 +162,10 @@ def get_sampler(model, method: str, greedy: bool, conditional: bool):
     key = (method, greedy, conditional)
     if key not in per_model:
         height, width, channels = model.image_shape
-        loop = (_fast_loop if method == "fast" else _naive_loop)(model, greedy, conditional)
+        # The loops hold the model weakly, so the cache entry (whose key is the model)
+        # goes away with the model.
+        loop = (_fast_loop if method == "fast" else _naive_loop)(weakref.ref(model), greedy,
+                                                                 conditional)
         per_model[key] = tf.function(
             lambda *args: tf.cast(loop(*args), tf.uint8),
             # XLA fuses the fast loop's many small per-position ops (about 5x faster on

@@ -265,3 +265,16 @@ def test_complete_images_keeps_the_top_rows(rng):
     assert not np.array_equal(out[:, 0, 2:], out[:, 1, 2:])  # different completions
     with pytest.raises(ValueError, match="rows must be between 1 and 4"):
         complete_images(model, images, rows=5)
+
+
+def test_sampler_cache_does_not_keep_models_alive():
+    import gc
+    import weakref
+    from pixelcnn_tf.sampling import _SAMPLERS
+    model = random_model(1)
+    generate_images(model, (5, 4), 1, 1, seed=0, method="fast")
+    ref = weakref.ref(model)
+    assert model in _SAMPLERS
+    del model
+    gc.collect()
+    assert ref() is None
