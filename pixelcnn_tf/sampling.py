@@ -78,6 +78,20 @@ def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tens
     return tf.argmax(logits / temperature + gumbel, axis=-1, output_type=tf.int32)
 
 
+def _subpixel(k: tf.Tensor, width: int, channels: int):
+    """Raster index k → (row, column, colour)."""
+    return k // (width * channels), (k // channels) % width, k % channels
+
+
+def _write_subpixel(images: tf.Tensor, i, j, c, values: tf.Tensor) -> tf.Tensor:
+    """images ``[N, H, W, C]`` with sub-pixel (i, j, c) of every image set to ``values``
+    ``[N]``."""
+    n = tf.shape(images)[0]
+    indices = tf.stack([tf.range(n), tf.fill([n], i), tf.fill([n], j), tf.fill([n], c)],
+                       axis=1)  # [N, 4] = (n, i, j, c)
+    return tf.tensor_scatter_nd_update(images, indices, values)
+
+
 def _naive_loop(model_ref, greedy: bool, conditional: bool):
     """``(images, start, seed, temperature, labels) → images``: a full pass per sub-pixel."""
     height, width, channels = model_ref().image_shape
@@ -85,18 +99,14 @@ def _naive_loop(model_ref, greedy: bool, conditional: bool):
 
     def sample(images, start, seed, temperature, labels):
         model = model_ref()  # traced while the caller holds the model
-        n = tf.shape(images)[0]
-        rows = tf.range(n)
 
         def body(k, images):
-            i, j, c = k // (width * channels), (k // channels) % width, k % channels
+            i, j, c = _subpixel(k, width, channels)
             inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
             logits = model(inputs, labels if conditional else None)  # [N, H, W, C, 256]
             values = _draw(logits[:, i, j, c, :], seed, k, temperature, greedy)
             # One update per image: indices [N, 4] = (n, i, j, c).
-            indices = tf.stack([rows, tf.fill([n], i), tf.fill([n], j), tf.fill([n], c)],
-                               axis=1)
-            return k + 1, tf.tensor_scatter_nd_update(images, indices, values)
+            return k + 1, _write_subpixel(images, i, j, c, values)
 
         _, images = tf.while_loop(lambda k, _: k < total, body, [start, images])
         return images
@@ -118,14 +128,12 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool):
 
     def sample(images, start, seed, temperature, labels):
         model = model_ref()  # traced while the caller holds the model
-        n = tf.shape(images)[0]
-        rows = tf.range(n)
-        caches = PositionCaches(model.masked_convs, n, (height, width),
+        caches = PositionCaches(model.masked_convs, tf.shape(images)[0], (height, width),
                                 getattr(model, "compute_dtype", tf.float32))
         labels_or_none = labels if conditional else None
 
         def body(k, images, state):
-            i, j, c = k // (width * channels), (k // channels) % width, k % channels
+            i, j, c = _subpixel(k, width, channels)
             step = caches.step(state, i, j, c)
             pixel = tf.cast(images[:, i, j, :], tf.float32) / 255.0  # [N, C] in [0, 1]
             with position_step(step):
@@ -133,9 +141,7 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool):
             state = step.caches
             values = _draw(logits, seed, k, temperature, greedy)
             values = tf.where(k >= start, values, images[:, i, j, c])  # keep given ones
-            indices = tf.stack([rows, tf.fill([n], i), tf.fill([n], j), tf.fill([n], c)],
-                               axis=1)  # [N, 4] = (n, i, j, c)
-            images = tf.tensor_scatter_nd_update(images, indices, values)
+            images = _write_subpixel(images, i, j, c, values)
             # The image caches get the pixel with the value just drawn (complete after its
             # last colour): a scatter of [N, C], cheaper than a conditional.
             pixel = model.preprocess(tf.cast(images[:, i, j, :], tf.float32) / 255.0)

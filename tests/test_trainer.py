@@ -107,12 +107,17 @@ def test_fit_writes_everything_and_resumes(tmp_path, rng):
     assert trainer.fit(train, val)["step"] == 6
 
 
-def test_nan_loss_stops_without_touching_checkpoints(tmp_path, rng):
+def small_run(tmp_path, rng, steps):
+    """A grey 4x4 trainer for ``steps`` steps of batch 2, with npz train / val splits."""
     train, val = npz_splits(tmp_path, rng)
     cfg = tiny_config(1)
-    cfg.train.steps = 5
+    cfg.train.steps = steps
     cfg.data.batch_size = 2
-    trainer = Trainer(cfg, str(tmp_path / "run"), (4, 4, 1))
+    return Trainer(cfg, str(tmp_path / "run"), (4, 4, 1)), train, val
+
+
+def test_nan_loss_stops_without_touching_checkpoints(tmp_path, rng):
+    trainer, train, val = small_run(tmp_path, rng, steps=5)
     bias = trainer.model.output_logits.bias
     bias.assign(tf.fill(bias.shape, np.nan))
     with pytest.raises(TrainingError, match=r"non-finite for 5 batches in a row at step 1; .*"
@@ -123,11 +128,7 @@ def test_nan_loss_stops_without_touching_checkpoints(tmp_path, rng):
 
 
 def test_isolated_bad_batches_are_skipped(tmp_path, rng):
-    train, val = npz_splits(tmp_path, rng)
-    cfg = tiny_config(1)
-    cfg.train.steps = 4
-    cfg.data.batch_size = 2
-    trainer = Trainer(cfg, str(tmp_path / "run"), (4, 4, 1))
+    trainer, train, val = small_run(tmp_path, rng, steps=4)
     real_step, calls = trainer.train_step, []
 
     def flaky_step(images, labels):  # batches 2 and 3 come back non-finite, not applied
