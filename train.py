@@ -61,6 +61,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"exported step {trainer.step} to {export_dir}")
         return 0
     trainer.check_disk_space()
+    if config.train.distribute != "none":
+        print(f"train.distribute={config.train.distribute}: "
+              f"{trainer.strategy.num_replicas_in_sync} replicas")
     if trainer.restore():
         print(f"resuming {args.workdir} from step {trainer.step}")
     else:

@@ -8,6 +8,15 @@ from typing import Callable, Sequence
 
 USER_ERROR_EXIT = 2  # a mistake in the command, config or data: fix it and rerun
 VERBOSE_ENV = "PIXELCNN_TF_VERBOSE"  # set to 1 to see TensorFlow's native start-up logs
+CPU_DEVICES_ENV = "PIXELCNN_TF_CPU_DEVICES"  # N > 1: split the CPU into N logical devices
+
+
+def _configure_devices(tf) -> None:
+    n = int(os.environ.get(CPU_DEVICES_ENV) or 0)
+    if n > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * n)
 
 
 def import_tensorflow_quietly() -> None:
@@ -19,7 +28,8 @@ def import_tensorflow_quietly() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ.get(VERBOSE_ENV) == "1":
-        import tensorflow  # noqa: F401
+        import tensorflow
+        _configure_devices(tensorflow)
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -27,6 +37,7 @@ def import_tensorflow_quietly() -> None:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             import tensorflow as tf
+            _configure_devices(tf)
             tf.constant(0.0) + 1.0  # device initialisation logs happen here
     finally:
         os.dup2(saved, 2)

@@ -72,6 +72,7 @@ class TrainConfig:
     sample_every: int = field(default=1000, metadata={"min": 1})
     max_bad_steps: int = field(default=5, metadata={"min": 1})  # non-finite batches in a row
     ema_decay: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
+    distribute: str = field(default="none", metadata=_choices(("none", "mirrored")))
     mixed_precision: str = field(default="none",
                                  metadata=_choices(("none", "bfloat16", "float16")))
 

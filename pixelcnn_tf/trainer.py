@@ -118,6 +118,16 @@ class WeightAverage(tf.Module):
                 v.assign(value)
 
 
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """``none``: the default (one device). ``mirrored``: MirroredStrategy over every local
+    GPU, or over the logical CPUs when there is no GPU (PIXELCNN_TF_CPU_DEVICES=N makes N)."""
+    if name == "none":
+        return tf.distribute.get_strategy()
+    devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
+               or [d.name for d in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.MirroredStrategy(devices)
+
+
 class _StopRequest:
     """Turns SIGINT / SIGTERM into a request to stop after the current step."""
 
@@ -148,20 +158,28 @@ class Trainer:
         self.workdir = workdir
         self.image_shape = tuple(int(d) for d in image_shape)
         tf.random.set_seed(config.train.seed)  # deterministic initialisation
+        self.strategy = make_strategy(config.train.distribute)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.data.batch_size % replicas:
+            raise ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by "
+                              f"the {replicas} replicas of train.distribute="
+                              f"{config.train.distribute}")
         self.compute_dtype = COMPUTE_DTYPES[config.train.mixed_precision]
-        self.model = build_model(config.model, self.image_shape, self.compute_dtype)
-        # float16 needs loss scaling so small gradients do not underflow; bfloat16 has
-        # float32's exponent range and needs none.
-        self.loss_scale = self._good_steps = None
-        if self.compute_dtype == tf.float16:
-            self.loss_scale = tf.Variable(2.0**15, trainable=False, name="loss_scale")
-            self._good_steps = tf.Variable(0, trainable=False, name="good_steps")
         self.conditional = config.model.num_classes > 0
-        self.optimizer = tf.keras.optimizers.Adam(learning_rate_schedule(config.train))
-        self.optimizer.build(self.model.trainable_variables)
+        with self.strategy.scope():  # variables mirrored on every replica when distributed
+            self.model = build_model(config.model, self.image_shape, self.compute_dtype)
+            # float16 needs loss scaling so small gradients do not underflow; bfloat16 has
+            # float32's exponent range and needs none.
+            self.loss_scale = self._good_steps = None
+            if self.compute_dtype == tf.float16:
+                self.loss_scale = tf.Variable(2.0**15, trainable=False, name="loss_scale")
+                self._good_steps = tf.Variable(0, trainable=False, name="good_steps")
+            self.optimizer = tf.keras.optimizers.Adam(learning_rate_schedule(config.train))
+            self.optimizer.build(self.model.trainable_variables)
+            self.average = (WeightAverage(self.model.trainable_variables,
+                                          config.train.ema_decay)
+                            if config.train.ema_decay > 0 else None)
         self.rng = tf.random.Generator.from_seed(config.train.seed)
-        self.average = (WeightAverage(self.model.trainable_variables, config.train.ema_decay)
-                        if config.train.ema_decay > 0 else None)
         parts = {"average": self.average} if self.average is not None else {}
         if self.loss_scale is not None:
             parts.update(loss_scale=self.loss_scale, good_steps=self._good_steps)
@@ -173,6 +191,7 @@ class Trainer:
         signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
                      tf.TensorSpec([None], tf.int32)]
         self.train_step = tf.function(self._train_step, input_signature=signature)
+        self.distributed_train_step = tf.function(self._distributed_train_step)
         self.eval_step = tf.function(self._eval_step, input_signature=signature)
 
     # -- state ---------------------------------------------------------------------------
@@ -218,18 +237,56 @@ class Trainer:
         inputs = tf.cast(images, tf.float32) / 255.0  # uint8 → [0, 1]
         return self.model(inputs, labels if self.conditional else None)
 
+    def _loss_and_grads(self, images: tf.Tensor, labels: tf.Tensor, global_batch=None):
+        """Loss in bits/dim and its gradients for (a replica's share of) a batch.
+
+        With ``global_batch`` the loss is this share's summed NLL / (global batch · dims ·
+        ln 2), so summing it over replicas gives the mean over the whole batch.
+        """
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self._logits(images, labels)
+            if global_batch is None:
+                loss = mean_bits_per_dim(logits, images)
+            else:
+                dims = float(np.prod(self.image_shape)) * math.log(2.0)
+                loss = tf.reduce_sum(nll_per_image(logits, images)) / (global_batch * dims)
+            scaled = loss * self.loss_scale if self.loss_scale is not None else loss
+        grads = tape.gradient(scaled, variables)
+        if self.loss_scale is not None:
+            grads = [g / self.loss_scale for g in grads]
+        return loss, grads
+
     def _train_step(self, images: tf.Tensor, labels: tf.Tensor):
         """One Adam step on a batch; skipped when the loss or gradients are not finite.
 
         Returns (loss in bits/dim, global gradient norm, whether the step was applied).
         """
+        loss, grads = self._loss_and_grads(images, labels)
+        return self._apply(loss, grads)
+
+    def _distributed_train_step(self, images, labels):
+        """``_train_step`` over the replicas of ``train.distribute``: each replica takes
+        its share of the global batch; losses and gradients are summed across replicas
+        (all-reduce) and the step is applied once, in cross-replica context."""
+        global_batch = self.config.data.batch_size
+
+        def replica_step(images, labels):
+            loss, grads = self._loss_and_grads(images, labels, global_batch)
+            context = tf.distribute.get_replica_context()
+            return (context.all_reduce(tf.distribute.ReduceOp.SUM, loss),
+                    context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
+
+        loss, grads = self.strategy.run(replica_step, (images, labels))
+
+        def first(value):  # all replicas hold the same all-reduced value
+            return self.strategy.experimental_local_results(value)[0]
+
+        return self._apply(first(loss), [first(g) for g in grads])
+
+    def _apply(self, loss: tf.Tensor, grads):
+        """Applies ``grads`` unless they or ``loss`` are not finite."""
         variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            loss = mean_bits_per_dim(self._logits(images, labels), images)
-            scaled = loss * self.loss_scale if self.loss_scale is not None else loss
-        grads = tape.gradient(scaled, variables)
-        if self.loss_scale is not None:
-            grads = [g / self.loss_scale for g in grads]
         grad_norm = tf.linalg.global_norm(grads)
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(grad_norm))
         if self.loss_scale is not None:
@@ -303,6 +360,10 @@ class Trainer:
         shuffle_seed = int(self.rng.uniform([], 0, 2**31 - 1, dtype=tf.int64).numpy())
         train_ds = data_lib.train_pipeline(train_split, cfg.data.batch_size,
                                            cfg.data.shuffle_buffer, shuffle_seed)
+        train_step = self.train_step
+        if cfg.train.distribute != "none":
+            train_ds = self.strategy.experimental_distribute_dataset(train_ds)
+            train_step = self.distributed_train_step
         val_ds = (data_lib.eval_pipeline(val_split, cfg.data.eval_batch_size)
                   if val_split is not None else None)
         train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "train"))
@@ -328,7 +389,7 @@ class Trainer:
                     break
                 t0 = time.perf_counter()  # input + step only: eval / sampling excluded
                 images, labels = next(iterator)
-                loss, grad_norm, applied = self.train_step(images, labels)
+                loss, grad_norm, applied = train_step(images, labels)
                 loss = float(loss)
                 window_time += time.perf_counter() - t0
                 if not bool(applied) and self.loss_scale is not None and math.isfinite(loss):

@@ -144,3 +144,30 @@ def test_cifar10_offline_fails_fast_with_a_clear_message(tmp_path):
     assert "Traceback" not in result.stderr
     assert "error: TFDS could not download cifar10" in result.stderr
     assert "configs/quickstart.yml" in result.stderr
+
+
+def test_mirrored_two_replicas_match_one_device(tmp_path):
+    """MirroredStrategy over 2 logical CPUs gives the losses of one device with the same
+    global batch."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
+    config = tiny_config_file(tmp_path, npz)
+    common = ["--set", "train.log_every=1", "--set", "train.steps=5"]
+    single = run("train.py", "--config", config, "--workdir", str(tmp_path / "one"), *common)
+    assert single.returncode == 0, single.stderr
+    mirrored = run("train.py", "--config", config, "--workdir", str(tmp_path / "two"), *common,
+                   "--set", "train.distribute=mirrored",
+                   env={"PIXELCNN_TF_CPU_DEVICES": "2"})
+    assert mirrored.returncode == 0, mirrored.stderr
+    assert "train.distribute=mirrored: 2 replicas" in mirrored.stdout
+
+    def losses(name):
+        events = read_events(os.path.join(str(tmp_path / name), "train"))
+        import tensorflow as tf
+        return [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("bits_per_dim")]
+
+    one, two = losses("one"), losses("two")
+    assert len(one) == 5
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    assert os.path.exists(os.path.join(str(tmp_path / "two"), "saved_model", "saved_model.pb"))
