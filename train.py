@@ -25,16 +25,18 @@ def main(argv: Sequence[str]) -> int:
                         help="export WORKDIR/saved_model from the latest checkpoint; no training")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
-    cli.import_tensorflow_quietly()
+    # Under TF_CONFIG (several workers) the strategy must be created before any op runs.
+    cli.import_tensorflow_quietly(initialize="TF_CONFIG" not in os.environ)
 
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.config import ConfigError, load_config
     from pixelcnn_tf.export import export_saved_model
     from pixelcnn_tf.models import count_parameters
     from pixelcnn_tf.trainer import (SAVED_MODEL_DIR, Trainer, check_resume_compatible,
-                                     read_model_info)
+                                     make_strategy, read_model_info)
 
     config = load_config(args.config, args.overrides)
+    strategy = make_strategy(config.train.distribute)
     cli.ensure_writable_dir(args.workdir)
     check_resume_compatible(args.workdir, config)
     train_split = data_lib.load_split(config.data, "train")
@@ -51,8 +53,8 @@ def main(argv: Sequence[str]) -> int:
                           f"the run in {args.workdir} was trained on {saved_shape}; use a new "
                           f"--workdir")
 
-    trainer = Trainer(config, args.workdir, train_split.image_shape)
-    export_dir = os.path.join(args.workdir, SAVED_MODEL_DIR)
+    trainer = Trainer(config, args.workdir, train_split.image_shape, strategy)
+    export_dir = trainer.worker_path(SAVED_MODEL_DIR)
     if args.export_only:
         if not trainer.restore():
             raise FileNotFoundError(f"{args.workdir} has no checkpoint to export; train first")
@@ -78,12 +80,16 @@ def main(argv: Sequence[str]) -> int:
     if val:
         print(f"validation bits/dim: {val['bits_per_dim']:.4f} ({val['num_images']} images, "
               f"step {result['step']})")
+    elif not trainer.is_chief:
+        print(f"worker finished at step {result['step']}")
     else:
         print(f"nothing to do: the run is at step {result['step']} of train.steps="
               f"{config.train.steps}; raise train.steps to train longer")
     with trainer.inference_weights():
-        export_saved_model(trainer.model, config, export_dir)
-    print(f"exported a SavedModel to {export_dir}")
+        export_saved_model(trainer.model, config, export_dir)  # every worker takes part
+    if trainer.is_chief:
+        print(f"exported a SavedModel to {export_dir}")
+    trainer.remove_scratch()
     return 0
 
 

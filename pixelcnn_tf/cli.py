@@ -19,12 +19,13 @@ def _configure_devices(tf) -> None:
             cpu, [tf.config.LogicalDeviceConfiguration()] * n)
 
 
-def import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly(initialize: bool = True) -> None:
     """Imports TensorFlow and initialises its devices with native stderr muted.
 
     TensorFlow 2.21 prints absl INFO lines (oneDNN, CUDA probing) at import and at device
     start-up that ``TF_CPP_MIN_LOG_LEVEL`` cannot hide; they would bury our one-line error
-    messages. Python exceptions are unaffected (raised after stderr is restored).
+    messages. Python exceptions are unaffected (raised after stderr is restored). With
+    ``initialize=False`` no op runs (MultiWorkerMirroredStrategy must be created first).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ.get(VERBOSE_ENV) == "1":
@@ -38,7 +39,8 @@ def import_tensorflow_quietly() -> None:
             os.dup2(devnull.fileno(), 2)
             import tensorflow as tf
             _configure_devices(tf)
-            tf.constant(0.0) + 1.0  # device initialisation logs happen here
+            if initialize:
+                tf.constant(0.0) + 1.0  # device initialisation logs happen here
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -55,7 +57,7 @@ def ensure_writable_dir(path: str) -> None:
     from pixelcnn_tf.errors import ConfigError
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
+        probe = os.path.join(path, f".write_test_{os.getpid()}")  # workers may share a dir
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)

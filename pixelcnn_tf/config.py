@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
@@ -72,7 +73,8 @@ class TrainConfig:
     sample_every: int = field(default=1000, metadata={"min": 1})
     max_bad_steps: int = field(default=5, metadata={"min": 1})  # non-finite batches in a row
     ema_decay: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
-    distribute: str = field(default="none", metadata=_choices(("none", "mirrored")))
+    distribute: str = field(default="none",
+                            metadata=_choices(("none", "mirrored", "multi_worker")))
     mixed_precision: str = field(default="none",
                                  metadata=_choices(("none", "bfloat16", "float16")))
 
@@ -242,10 +244,17 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(apply_overrides(raw, overrides))
 
 
+def write_text_atomically(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` so that readers see the old or the new file, never half."""
+    partial = f"{path}.{os.getpid()}.partial"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
 def save_config(config: Config, path: str) -> None:
     """Writes the resolved config as plain YAML (``yaml.safe_dump``: reloadable anywhere)."""
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+    write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> None:

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Optional, Sequence
@@ -29,7 +30,8 @@ import tensorflow as tf
 from pixelcnn_tf import data as data_lib
 from pixelcnn_tf import viz
 from pixelcnn_tf.config import (Config, ConfigError, check_model_fits_images,
-                                config_to_dict, read_yaml, save_config)
+                                config_to_dict, read_yaml, save_config,
+                                write_text_atomically)
 from pixelcnn_tf.errors import TrainingError
 from pixelcnn_tf.likelihood import bits_per_dim, mean_bits_per_dim, nll_per_image
 from pixelcnn_tf.models import build_model, count_parameters
@@ -120,12 +122,27 @@ class WeightAverage(tf.Module):
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """``none``: the default (one device). ``mirrored``: MirroredStrategy over every local
-    GPU, or over the logical CPUs when there is no GPU (PIXELCNN_TF_CPU_DEVICES=N makes N)."""
+    GPU, or over the logical CPUs when there is no GPU (PIXELCNN_TF_CPU_DEVICES=N makes N).
+    ``multi_worker``: MultiWorkerMirroredStrategy over the machines of ``TF_CONFIG``."""
     if name == "none":
         return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("train.distribute=multi_worker needs TF_CONFIG describing the "
+                              "workers (see the README), or use train.distribute=mirrored")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
                or [d.name for d in tf.config.list_logical_devices("CPU")])
     return tf.distribute.MirroredStrategy(devices)
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (
+        not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 class _StopRequest:
@@ -152,13 +169,17 @@ class Trainer:
     """Owns a model, its Adam optimizer with an exponential-decay schedule, a
     ``tf.train.CheckpointManager`` and the TensorBoard writers of one workdir."""
 
-    def __init__(self, config: Config, workdir: str, image_shape: Sequence[int]):
+    def __init__(self, config: Config, workdir: str, image_shape: Sequence[int],
+                 strategy: Optional[tf.distribute.Strategy] = None):
         check_model_fits_images(config.model, image_shape)
         self.config = config
         self.workdir = workdir
         self.image_shape = tuple(int(d) for d in image_shape)
         tf.random.set_seed(config.train.seed)  # deterministic initialisation
-        self.strategy = make_strategy(config.train.distribute)
+        self.strategy = strategy or make_strategy(config.train.distribute)
+        self.is_chief = _is_chief(self.strategy)
+        # Every worker takes part in saving; only the chief writes into the workdir.
+        self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="pixelcnn_worker_")
         replicas = self.strategy.num_replicas_in_sync
         if config.data.batch_size % replicas:
             raise ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by "
@@ -186,7 +207,7 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               rng=self.rng, **parts)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR),
+            self.checkpoint, self.worker_path(CHECKPOINT_DIR),
             max_to_keep=config.train.keep_checkpoints)
         signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
                      tf.TensorSpec([None], tf.int32)]
@@ -200,9 +221,18 @@ class Trainer:
         """Optimizer steps taken so far (saved in every checkpoint)."""
         return int(self.optimizer.iterations.numpy())
 
+    def worker_path(self, name: str) -> str:
+        """``workdir/name`` on the chief; a scratch directory on other workers."""
+        return os.path.join(self.workdir if self.is_chief else self._scratch, name)
+
+    def remove_scratch(self) -> None:
+        """Deletes a non-chief worker's scratch directory (its throw-away saves)."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
     def restore(self) -> bool:
         """Restores the latest checkpoint of the workdir, if any. Returns whether it did."""
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(os.path.join(self.workdir, CHECKPOINT_DIR))
         if latest is None:
             return False
         try:
@@ -349,12 +379,12 @@ class Trainer:
     def fit(self, train_split: data_lib.Split, val_split: Optional[data_lib.Split]) -> dict:
         """Trains until ``train.steps`` optimizer steps, resuming from the workdir."""
         cfg = self.config
-        os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
-        save_config(cfg, os.path.join(self.workdir, CONFIG_FILE))
-        with open(os.path.join(self.workdir, MODEL_INFO_FILE), "w") as f:
-            json.dump({"image_shape": list(self.image_shape),
-                       "num_classes": cfg.model.num_classes,
-                       "parameters": count_parameters(self.model)}, f, indent=2)
+        if self.is_chief:
+            os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
+            save_config(cfg, os.path.join(self.workdir, CONFIG_FILE))
+            write_text_atomically(os.path.join(self.workdir, MODEL_INFO_FILE), json.dumps(
+                {"image_shape": list(self.image_shape), "num_classes": cfg.model.num_classes,
+                 "parameters": count_parameters(self.model)}, indent=2))
         start = self.step
         # A new shuffle seed per (re)start, drawn from the checkpointed generator.
         shuffle_seed = int(self.rng.uniform([], 0, 2**31 - 1, dtype=tf.int64).numpy())
@@ -362,12 +392,21 @@ class Trainer:
                                            cfg.data.shuffle_buffer, shuffle_seed)
         train_step = self.train_step
         if cfg.train.distribute != "none":
-            train_ds = self.strategy.experimental_distribute_dataset(train_ds)
+            options = tf.data.Options()  # each worker takes its share of every batch
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA)
+            train_ds = self.strategy.experimental_distribute_dataset(
+                train_ds.with_options(options))
             train_step = self.distributed_train_step
         val_ds = (data_lib.eval_pipeline(val_split, cfg.data.eval_batch_size)
                   if val_split is not None else None)
-        train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "train"))
-        val_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "validation"))
+        if self.is_chief:  # summaries, validation and samples are written once
+            train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "train"))
+            val_writer = tf.summary.create_file_writer(
+                os.path.join(self.workdir, "validation"))
+        else:
+            train_writer = val_writer = tf.summary.create_noop_writer()
+            val_ds = None
         result: dict = {"start_step": start}
 
         from tqdm import tqdm
@@ -436,7 +475,7 @@ class Trainer:
                     bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f} "
                               f"({ev.num_images} images)")
                     result["validation"] = ev.as_dict()
-                if step % cfg.train.sample_every == 0 or last:
+                if self.is_chief and (step % cfg.train.sample_every == 0 or last):
                     with self.inference_weights():
                         self._write_samples(train_writer, step)
         finally:
