@@ -267,8 +267,10 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
         for conv in self.state_to_state:
             conv(tf.zeros([1, height, 1, d]))  # create variables
         # Kernels [2 (direction), 2 (tap: row above, same row), h, 4h], biases [2, 1, 1, 4h].
-        kernels = tf.stack([conv.kernel[:, 0] for conv in self.state_to_state])
-        biases = tf.stack([conv.bias for conv in self.state_to_state])[:, None, None]
+        kernels = tf.cast(tf.stack([conv.kernel[:, 0] for conv in self.state_to_state]),
+                          gates.dtype)
+        biases = tf.cast(tf.stack([conv.bias for conv in self.state_to_state]),
+                         gates.dtype)[:, None, None]
 
         def column_step(carry, inputs):
             hidden, cell = carry  # [2, B, H, h]: the previous column

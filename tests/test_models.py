@@ -95,3 +95,17 @@ def test_conditional_model_is_causal():
 def test_rgb_model_rejects_widths_not_divisible_by_three():
     with pytest.raises(ValueError, match="not divisible by n_colors=3"):
         build_model(tiny_config(1).model, (4, 4, 3))  # hidden_dim=4 → 2h=8
+
+
+@pytest.mark.parametrize("layer_type", sorted(PIXEL_LAYERS))
+def test_bfloat16_compute_for_every_type(layer_type, rng):
+    cfg = tiny_config(3, type=layer_type).model
+    tf.random.set_seed(0)
+    full = build_model(cfg, (4, 4, 3))
+    tf.random.set_seed(0)
+    low = build_model(cfg, (4, 4, 3), compute_dtype=tf.bfloat16)
+    x = tf.constant(rng.uniform(size=(2, 4, 4, 3)).astype(np.float32))
+    out = low(x)
+    assert out.dtype == tf.float32
+    assert all(v.dtype == tf.float32 for v in low.trainable_variables)
+    np.testing.assert_allclose(out.numpy(), full(x).numpy(), atol=0.1)
