@@ -101,13 +101,17 @@ class ExportModule(tf.Module):
 
 
 def export_saved_model(model, config: Config, path: str) -> str:
-    """Writes ``model`` with its signatures to ``path`` (replaced atomically) and returns it."""
+    """Writes ``model`` with its signatures to ``path`` and returns it.
+
+    The SavedModel is written to a staging directory next to ``path`` and moved into place
+    only once complete, so a failed export never leaves a half-written ``path``.
+    """
     module = ExportModule(model, config)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".saved_model_", dir=parent)
+    asset_dir = tempfile.mkdtemp(prefix=".assets_", dir=parent)  # copied into the export
     try:
-        asset_dir = tempfile.mkdtemp(prefix=".assets_", dir=parent)
         config_file = os.path.join(asset_dir, "config.yml")
         with open(config_file, "w") as f:
             f.write(module.config_yaml.numpy().decode())
@@ -118,10 +122,10 @@ def export_saved_model(model, config: Config, path: str) -> str:
             "sample": module.sample.get_concrete_function(),
             "complete": module.complete.get_concrete_function(),
         })
-        shutil.rmtree(asset_dir, ignore_errors=True)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(asset_dir, ignore_errors=True)
     return path
