@@ -75,6 +75,7 @@ def main(argv: Sequence[str]) -> int:
               f"{val_split.num_examples} validation images")
     result = trainer.fit(train_split, val_split)
     if result.get("interrupted"):
+        trainer.remove_scratch()
         return 0  # the checkpoint is written; no evaluation or export
     val = result.get("validation")
     if val:
