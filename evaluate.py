@@ -42,7 +42,12 @@ def main(argv: Sequence[str]) -> int:
     from pixelcnn_tf.trainer import CONFIG_FILE, Trainer, read_model_info
 
     info = read_model_info(args.workdir)
-    config = load_config(os.path.join(args.workdir, CONFIG_FILE), args.overrides)
+    overrides = list(args.overrides)
+    if not any(o.split("=", 1)[0].strip() == "train.mixed_precision" for o in overrides):
+        # Exact bits/dim: float32 arithmetic on the (float32) weights, whatever precision
+        # the run trained in; --set train.mixed_precision=bfloat16 trades that for speed.
+        overrides.append("train.mixed_precision=none")
+    config = load_config(os.path.join(args.workdir, CONFIG_FILE), overrides)
     image_shape = tuple(info["image_shape"])
     trainer = Trainer(config, args.workdir, image_shape)
     if not trainer.restore():
@@ -71,12 +76,16 @@ def _evaluate(args, config, trainer, image_shape) -> int:
         if name == "npz":
             name = f"npz_{os.path.splitext(os.path.basename(config.data.path))[0]}"
         record = {**result.as_dict(), "dataset": config.data.dataset, "path": config.data.path,
-                  "split": split_name, "step": trainer.step}
+                  "split": split_name, "step": trainer.step,
+                  "mixed_precision": config.train.mixed_precision}
         out_json = os.path.join(args.workdir, f"eval_{name}_{split_name}.json")
         with open(out_json, "w") as f:
             json.dump(record, f, indent=2)
+        precision = config.train.mixed_precision
+        arithmetic = "" if precision == "none" else f", {precision} arithmetic"
         print(f"{config.data.dataset} {split_name}: {result.bits_per_dim:.4f} bits/dim over "
-              f"{result.num_images} images (step {trainer.step}); written to {out_json}")
+              f"{result.num_images} images (step {trainer.step}{arithmetic}); written to "
+              f"{out_json}")
 
     if args.samples:
         out = args.out or os.path.join(args.workdir, "samples", "eval.png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Sequence
 
 from pixelcnn_tf import cli
@@ -31,6 +32,7 @@ def main(argv: Sequence[str]) -> int:
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.config import ConfigError, load_config
     from pixelcnn_tf.export import export_saved_model
+    from pixelcnn_tf.hardware import local_precision_warning
     from pixelcnn_tf.models import count_parameters
     from pixelcnn_tf.trainer import (SAVED_MODEL_DIR, Trainer, check_resume_compatible,
                                      make_strategy, read_model_info)
@@ -63,6 +65,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"exported step {trainer.step} to {export_dir}")
         return 0
     trainer.check_disk_space()
+    warning = local_precision_warning(config.train.mixed_precision)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if config.train.distribute != "none":
         print(f"train.distribute={config.train.distribute}: "
               f"{trainer.strategy.num_replicas_in_sync} replicas")

@@ -1,6 +1,6 @@
 """Training throughput (images/s) for the CIFAR-10 PixelCNN shape of config.yml.
 
-  python benchmarks/train_throughput.py [--steps 10] [--batch-size 16]
+  python benchmarks/train_throughput.py [--rounds 5] [--steps 3] [--batch-size 16] [--float16]
 
 Measured in one run, on the same random batch:
   reference  a straightforward implementation written here the way tutorials do it:
@@ -8,7 +8,7 @@ Measured in one run, on the same random batch:
              plain @tf.function train step;
   ours fp32  pixelcnn_tf's Trainer.train_step in float32;
   ours bf16  the same with train.mixed_precision=bfloat16 (float16 too with --float16).
-Prints images/s for each and the ratios to the reference.
+Prints the median images/s of each over interleaved rounds and the ratios to the reference.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow import keras  # noqa: E402
 
 from pixelcnn_tf.config import load_config  # noqa: E402
+from pixelcnn_tf.hardware import cpu_description  # noqa: E402
 from pixelcnn_tf.masks import get_mask  # noqa: E402
 from pixelcnn_tf.trainer import Trainer  # noqa: E402
 
@@ -78,23 +79,34 @@ def reference_model(cfg):
     return keras.Model(inputs, keras.layers.Reshape((32, 32, 3, 256))(x))
 
 
-def images_per_second(step, args, batch, steps: int, warmup: int = 3) -> float:
-    def run_once():
-        out = step(*args)
-        return float(out[0] if isinstance(out, tuple) else out)  # waits for the step
+def wait(out) -> None:
+    float(out[0] if isinstance(out, tuple) else out)  # blocks until the step has run
 
-    for _ in range(warmup):
-        run_once()
-    start = time.perf_counter()
-    for _ in range(steps):
-        run_once()
-    return steps * batch / (time.perf_counter() - start)
+
+def time_interleaved(steps: dict, args, batch: int, rounds: int, steps_per_round: int,
+                     warmup: int = 3) -> dict:
+    """Median images/s of each step function over ``rounds`` rounds; every round times each
+    function in turn, so a slow spell of a shared machine hits all of them alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            wait(step(*args))
+    rates = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(steps_per_round):
+                out = step(*args)
+            wait(out)
+            rates[name].append(steps_per_round * batch / (time.perf_counter() - start))
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds; each times every implementation in turn")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--float16", action="store_true", help="also time float16")
     args = parser.parse_args()
@@ -103,8 +115,9 @@ def main() -> None:
     images = tf.constant(rng.integers(0, 256, (args.batch_size, 32, 32, 3)).astype(np.uint8))
     labels = tf.zeros([args.batch_size], tf.int32)
     devices = [d.device_type for d in tf.config.list_physical_devices()]
-    print(f"devices: {devices}; CIFAR-10 PixelCNN (config.yml), batch {args.batch_size}, "
-          f"{args.steps} timed steps after 3 warm-up steps")
+    print(f"devices: {devices}; {cpu_description()}")
+    print(f"CIFAR-10 PixelCNN (config.yml), batch {args.batch_size}, median of {args.rounds} "
+          f"rounds of {args.steps} steps after 3 warm-up steps")
 
     model = reference_model(cfg)
     optimizer = keras.optimizers.Adam(1e-3)
@@ -119,18 +132,18 @@ def main() -> None:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    results = {"reference (Keras, kernel*mask, fp32)":
-               images_per_second(reference_step, (images, labels), args.batch_size, args.steps)}
+    steps = {"reference (Keras, kernel*mask, fp32)": reference_step}
     precisions = ["none", "bfloat16"] + (["float16"] if args.float16 else [])
-    for precision in precisions:
-        run_cfg = load_config(os.path.join(ROOT, "config.yml"),
-                              [f"train.mixed_precision={precision}"])
-        with tempfile.TemporaryDirectory() as workdir:
-            trainer = Trainer(run_cfg, workdir, (32, 32, 3))
+    with tempfile.TemporaryDirectory() as workdir:
+        for precision in precisions:
+            run_cfg = load_config(os.path.join(ROOT, "config.yml"),
+                                  [f"train.mixed_precision={precision}"])
+            trainer = Trainer(run_cfg, os.path.join(workdir, precision), (32, 32, 3))
             name = f"ours ({'fp32' if precision == 'none' else precision})"
-            results[name] = images_per_second(trainer.train_step, (images, labels),
-                                              args.batch_size, args.steps)
-    base = next(iter(results.values()))
+            steps[name] = trainer.train_step
+        results = time_interleaved(steps, (images, labels), args.batch_size, args.rounds,
+                                   args.steps)
+    base = results["reference (Keras, kernel*mask, fp32)"]
     for name, ips in results.items():
         print(f"  {name:40s} {ips:8.2f} images/s   {ips / base:5.2f}x the reference")
 

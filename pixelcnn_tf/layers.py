@@ -19,7 +19,8 @@ def per_image(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
 
 
 class MaskedConv2D(tf.Module):
-    """A stride-1, SAME-padded 2-D convolution whose kernel is multiplied by a causal mask.
+    """A stride-1 2-D convolution (SAME output size) whose kernel is multiplied by a
+    causal mask.
 
     The mask (see :func:`pixelcnn_tf.masks.get_mask`) is applied to the kernel inside
     ``__call__``; the variable itself stays unmasked, so no optimizer step or
@@ -87,7 +88,16 @@ class MaskedConv2D(tf.Module):
             raise ValueError(f"{self.name} expects [B, H, W, C] inputs, got shape {x.shape}")
         if self.kernel is None:
             self._build(int(x.shape[-1]))
-        y = tf.nn.conv2d(x, self.masked_kernel(x.dtype), strides=1, padding="SAME")
+        # Both mask modes zero every kernel row below the centre, so the convolution runs
+        # with only the top kh//2 + 1 rows and pads the input on top and at the sides:
+        # the same output as a SAME conv with the full masked kernel, with fewer FLOPs
+        # (a 3x3 kernel becomes 2x3, a 7x7 one 4x7).
+        kh, kw = self.kernel_size
+        kernel = self.masked_kernel(x.dtype)[:kh // 2 + 1]  # [kh//2+1, kw, C_in, C_out]
+        if (kh, kw) != (1, 1):
+            # [B, H, W, C] → [B, H + kh//2, W + 2·(kw//2), C]
+            x = tf.pad(x, [[0, 0], [kh // 2, 0], [kw // 2, kw // 2], [0, 0]])
+        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
         if self.bias is not None:
             y = tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
         return y

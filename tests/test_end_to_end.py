@@ -104,6 +104,34 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
         "step_00000004.png", "step_00000006.png"]
 
 
+def test_bfloat16_run_is_evaluated_in_float32(tmp_path):
+    from pixelcnn_tf.hardware import local_precision_warning
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
+    config = tiny_config_file(tmp_path, npz)
+    workdir = str(tmp_path / "run")
+    result = run("train.py", "--config", config, "--workdir", workdir, "--set",
+                 "train.mixed_precision=bfloat16")
+    assert result.returncode == 0, result.stderr
+    warned = "warning: train.mixed_precision=bfloat16" in result.stderr
+    assert warned == (local_precision_warning("bfloat16") is not None)  # depends on the CPU
+
+    exact = run("evaluate.py", "--workdir", workdir, "--split", "validation")
+    assert exact.returncode == 0, exact.stderr
+    assert "bits/dim over 6 images (step 4);" in exact.stdout  # no "bfloat16 arithmetic"
+    record = json.load(open(os.path.join(workdir, "eval_npz_tiny_validation.json")))
+    assert record["mixed_precision"] == "none"
+    fast = run("evaluate.py", "--workdir", workdir, "--split", "validation", "--set",
+               "train.mixed_precision=bfloat16")
+    assert fast.returncode == 0, fast.stderr
+    assert "(step 4, bfloat16 arithmetic)" in fast.stdout
+    low = json.load(open(os.path.join(workdir, "eval_npz_tiny_validation.json")))
+    assert low["mixed_precision"] == "bfloat16"
+    assert abs(low["bits_per_dim"] - record["bits_per_dim"]) < 0.05
+
+
 @pytest.mark.parametrize("layer_type", ["gated_pixelcnn", "row_lstm", "diagonal_bilstm"])
 def test_every_layer_type_trains_evaluates_and_samples(tmp_path, layer_type):
     rng = np.random.default_rng(0)
