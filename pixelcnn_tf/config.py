@@ -45,6 +45,9 @@ class DataConfig:
     eval_batch_size: int = field(default=64, metadata={"min": 1})
     validation_size: int = field(default=500, metadata={"min": 1})  # held out from train
     shuffle_buffer: int = field(default=10000, metadata={"min": 1})
+    # Decoded training images are cached in memory when they take at most this many MiB
+    # (CIFAR-10: 132 MiB); larger datasets are re-read and decoded every epoch. 0: never.
+    cache_mb: int = field(default=4096, metadata={"min": 0})
 
 
 @dataclass

@@ -179,7 +179,8 @@ def _load_tfds(name: str, split: str, validation_size: int,
     num = int(ds.cardinality())
     if num < 0:
         num = int(ds.reduce(0, lambda n, _: n + 1))
-    ds = ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+    ds = ds.map(lambda image, label: (image, tf.cast(label, tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return Split(ds, num, tuple(info.features["image"].shape),
                  int(info.features["label"].num_classes), split)
 
@@ -203,17 +204,30 @@ def default_eval_split(data_config) -> str:
     return "all" if data_config.dataset == "npz" else "validation"
 
 
-def train_pipeline(split: Split, batch_size: int, shuffle_buffer: int,
-                   seed: int) -> tf.data.Dataset:
-    """Endless shuffled batches ``(uint8 [B, H, W, C], int32 [B])`` of a fixed size."""
+def decoded_mb(split: Split) -> float:
+    """Memory the split's decoded uint8 images take, in MiB."""
+    return split.num_examples * float(np.prod(split.image_shape)) / 2**20
+
+
+def train_pipeline(split: Split, batch_size: int, shuffle_buffer: int, seed: int,
+                   cache_mb: int = 4096) -> tf.data.Dataset:
+    """Endless shuffled batches ``(uint8 [B, H, W, C], int32 [B])`` of a fixed size.
+
+    The decoded images are cached in memory after the first epoch when they fit in
+    ``cache_mb`` MiB, so later epochs skip reading and decoding; batches are prefetched
+    (``AUTOTUNE``) while the model trains on the previous one.
+    """
     if split.num_examples < batch_size:
         raise DataError(f"data.batch_size={batch_size} is larger than the "
                         f"{split.num_examples} training images")
-    return (split.dataset.cache()
-            .shuffle(min(shuffle_buffer, split.num_examples), seed=seed,
-                     reshuffle_each_iteration=True)
+    ds = split.dataset
+    if decoded_mb(split) <= cache_mb:
+        ds = ds.cache()
+    return (ds.shuffle(min(shuffle_buffer, split.num_examples), seed=seed,
+                       reshuffle_each_iteration=True)
             .repeat()
-            .batch(batch_size, drop_remainder=True)
+            .batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
+                   deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 

@@ -389,7 +389,8 @@ class Trainer:
         # A new shuffle seed per (re)start, drawn from the checkpointed generator.
         shuffle_seed = int(self.rng.uniform([], 0, 2**31 - 1, dtype=tf.int64).numpy())
         train_ds = data_lib.train_pipeline(train_split, cfg.data.batch_size,
-                                           cfg.data.shuffle_buffer, shuffle_seed)
+                                           cfg.data.shuffle_buffer, shuffle_seed,
+                                           cfg.data.cache_mb)
         train_step = self.train_step
         if cfg.train.distribute != "none":
             options = tf.data.Options()  # each worker takes its share of every batch
@@ -413,7 +414,7 @@ class Trainer:
         bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step",
                    dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
                    disable=start >= cfg.train.steps)
-        window_loss, window_steps, window_time = 0.0, 0, 0.0
+        window_loss, window_steps, window_time, window_input = 0.0, 0, 0.0, 0.0
         step = start
         bad_steps = 0
         iterator = iter(train_ds)
@@ -428,6 +429,7 @@ class Trainer:
                     break
                 t0 = time.perf_counter()  # input + step only: eval / sampling excluded
                 images, labels = next(iterator)
+                window_input += time.perf_counter() - t0  # waiting for the input pipeline
                 loss, grad_norm, applied = train_step(images, labels)
                 loss = float(loss)
                 window_time += time.perf_counter() - t0
@@ -458,11 +460,16 @@ class Trainer:
                                           float(self.optimizer.learning_rate.numpy()))
                         tf.summary.scalar("grad_norm", float(grad_norm))
                         tf.summary.scalar("images_per_sec", ips)
+                        # Share of the step time spent waiting for batches: near 0 when
+                        # the input pipeline keeps up with training.
+                        tf.summary.scalar("input_wait_fraction",
+                                          window_input / max(window_time, 1e-9))
                     bar.set_postfix({"bits/dim": f"{mean_loss:.3f}", "img/s": f"{ips:.0f}"},
                                     refresh=False)
                     result["train_bits_per_dim"] = mean_loss
                     result["images_per_sec"] = ips
-                    window_loss, window_steps, window_time = 0.0, 0, 0.0
+                    result["input_wait_fraction"] = window_input / max(window_time, 1e-9)
+                    window_loss, window_steps, window_time, window_input = 0.0, 0, 0.0, 0.0
                 bar.update(1)
                 last = step == cfg.train.steps
                 if step % cfg.train.checkpoint_every == 0 or last:

@@ -122,3 +122,26 @@ def test_train_pipeline_batches_forever(tmp_path, rng):
         np.testing.assert_array_equal(a[0], b[0])
     with pytest.raises(DataError, match="larger than the 8 training images"):
         data_lib.train_pipeline(split, 9, 100, seed=1)
+
+
+@pytest.mark.parametrize("cache_mb", [1, 0])
+def test_train_pipeline_caches_decoded_images_when_they_fit(cache_mb):
+    reads = []
+
+    def images():  # stands in for reading and decoding files; counts the passes
+        reads.append(1)
+        for i in range(6):
+            yield np.full((2, 2, 1), i, np.uint8), np.int32(0)
+
+    spec = (tf.TensorSpec([2, 2, 1], tf.uint8), tf.TensorSpec([], tf.int32))
+    split = data_lib.Split(tf.data.Dataset.from_generator(images, output_signature=spec),
+                           6, (2, 2, 1), 0, "train")
+    assert data_lib.decoded_mb(split) == 24 / 2**20
+    ds = data_lib.train_pipeline(split, 3, 6, seed=0, cache_mb=cache_mb)
+    batches = list(ds.take(6))  # three epochs
+    if cache_mb:
+        assert len(reads) == 1  # read once, then served from memory
+    else:
+        assert len(reads) >= 3  # read again every epoch (prefetching may read ahead)
+    seen = np.concatenate([b[0].numpy()[:, 0, 0, 0] for b in batches])
+    assert sorted(seen[:6]) == list(range(6))  # every image once per epoch either way

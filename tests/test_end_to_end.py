@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -94,7 +95,11 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
 
     train_events = read_events(os.path.join(workdir, "train"))
     tags = set(train_events.Tags()["tensors"])
-    assert {"bits_per_dim", "learning_rate", "grad_norm", "images_per_sec", "samples"} <= tags
+    assert {"bits_per_dim", "learning_rate", "grad_norm", "images_per_sec",
+            "input_wait_fraction", "samples"} <= tags
+    waits = [float(tf.make_ndarray(e.tensor_proto))
+             for e in train_events.Tensors("input_wait_fraction")]
+    assert all(0.0 <= w < 1.0 for w in waits)
     steps = [e.step for e in train_events.Tensors("bits_per_dim")]
     assert steps == [2, 4, 6]  # the resumed run continued the step count
     assert [e.step for e in train_events.Tensors("samples")] == [4, 6]

@@ -1,0 +1,40 @@
+"""The benchmark scripts run (with small settings) and print their figures."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def run_benchmark(name, *args):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_throughput_prints_rates_and_ratios():
+    out = run_benchmark("train_throughput.py", "--rounds", "1", "--steps", "1",
+                        "--batch-size", "2")
+    assert "bf16 features:" in out
+    for name in ("reference (Keras, kernel*mask, fp32)", "ours (fp32)", "ours (bfloat16)"):
+        line = next(line for line in out.splitlines() if name in line)
+        rate, ratio = re.search(r"([\d.]+) images/s\s+([\d.]+)x the reference", line).groups()
+        assert float(rate) > 0 and float(ratio) > 0
+    assert "1.00x the reference" in next(l for l in out.splitlines() if "reference (" in l)
+
+
+def test_input_pipeline_prints_rates_and_ratios():
+    out = run_benchmark("input_pipeline.py", "--batches", "5", "--images", "100")
+    ratios = re.findall(r"pipeline / training = ([\d,]+)x", out)
+    assert len(ratios) == 2 and all(int(r.replace(",", "")) > 0 for r in ratios)
+
+
+def test_sampling_prints_speed_up():
+    out = run_benchmark("sampling.py", "--n-images", "1", "--naive-steps", "2")
+    assert len(re.findall(r"speed-up fast / naive: [\d.]+x", out)) == 2
