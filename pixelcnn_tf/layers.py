@@ -88,15 +88,18 @@ class MaskedConv2D(tf.Module):
             raise ValueError(f"{self.name} expects [B, H, W, C] inputs, got shape {x.shape}")
         if self.kernel is None:
             self._build(int(x.shape[-1]))
-        # Both mask modes zero every kernel row below the centre, so the convolution runs
-        # with only the top kh//2 + 1 rows and pads the input on top and at the sides:
-        # the same output as a SAME conv with the full masked kernel, with fewer FLOPs
-        # (a 3x3 kernel becomes 2x3, a 7x7 one 4x7).
+        # Both mask modes zero every kernel row below the centre (and, in the centre row,
+        # every column right of the centre), so the convolution runs with only the taps
+        # that can be non-zero and pads the input on top and at the sides: the output of
+        # a SAME conv with the full masked kernel, with fewer FLOPs (3x3 → 2x3, 7x7 →
+        # 4x7, 1x5 → 1x3).
         kh, kw = self.kernel_size
-        kernel = self.masked_kernel(x.dtype)[:kh // 2 + 1]  # [kh//2+1, kw, C_in, C_out]
+        rows = kh // 2 + 1
+        right = kw // 2 if kh > 1 else 0  # a one-row kernel sees nothing to the right
+        kernel = self.masked_kernel(x.dtype)[:rows, :kw // 2 + 1 + right]
         if (kh, kw) != (1, 1):
-            # [B, H, W, C] → [B, H + kh//2, W + 2·(kw//2), C]
-            x = tf.pad(x, [[0, 0], [kh // 2, 0], [kw // 2, kw // 2], [0, 0]])
+            # [B, H, W, C] → [B, H + kh//2, W + kw//2 + right, C]
+            x = tf.pad(x, [[0, 0], [kh // 2, 0], [kw // 2, right], [0, 0]])
         y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
         if self.bias is not None:
             y = tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))

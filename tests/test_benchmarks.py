@@ -26,7 +26,8 @@ def test_train_throughput_prints_rates_and_ratios():
         line = next(line for line in out.splitlines() if name in line)
         rate, ratio = re.search(r"([\d.]+) images/s\s+([\d.]+)x the reference", line).groups()
         assert float(rate) > 0 and float(ratio) > 0
-    assert "1.00x the reference" in next(l for l in out.splitlines() if "reference (" in l)
+    assert "1.00x the reference" in next(line for line in out.splitlines()
+                                         if "reference (" in line)
 
 
 def test_input_pipeline_prints_rates_and_ratios():

@@ -35,6 +35,14 @@ def tiny_config_file(tmp_path, npz):
     return str(path)
 
 
+def tiny_grey_run(tmp_path):
+    """(config path, workdir) for a tiny run on 30 random 6x5 grey images."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
+    return tiny_config_file(tmp_path, npz), str(tmp_path / "run")
+
+
 def read_events(directory):
     acc = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
     acc.Reload()
@@ -42,11 +50,7 @@ def read_events(directory):
 
 
 def test_train_resume_evaluate_and_tensorboard(tmp_path):
-    rng = np.random.default_rng(0)
-    npz = tmp_path / "tiny.npz"
-    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
-    config = tiny_config_file(tmp_path, npz)
-    workdir = str(tmp_path / "run")
+    config, workdir = tiny_grey_run(tmp_path)
 
     first = run("train.py", "--config", config, "--workdir", workdir)
     assert first.returncode == 0, first.stderr
@@ -74,6 +78,7 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
     assert record["num_images"] == 6 and 0 < record["bits_per_dim"] < 10
 
     other = tmp_path / "other.npz"
+    rng = np.random.default_rng(1)
     np.savez(other, images=rng.integers(0, 256, (9, 6, 5, 1)).astype(np.uint8))
     ev = run("evaluate.py", "--workdir", workdir, "--set", "data.dataset=npz",
              "--set", f"data.path={other}", "--samples", "3", "--out",
@@ -112,11 +117,7 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
 def test_bfloat16_run_is_evaluated_in_float32(tmp_path):
     from pixelcnn_tf.hardware import local_precision_warning
 
-    rng = np.random.default_rng(0)
-    npz = tmp_path / "tiny.npz"
-    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
-    config = tiny_config_file(tmp_path, npz)
-    workdir = str(tmp_path / "run")
+    config, workdir = tiny_grey_run(tmp_path)
     result = run("train.py", "--config", config, "--workdir", workdir, "--set",
                  "train.mixed_precision=bfloat16")
     assert result.returncode == 0, result.stderr
@@ -182,10 +183,7 @@ def test_cifar10_offline_fails_fast_with_a_clear_message(tmp_path):
 def test_mirrored_two_replicas_match_one_device(tmp_path):
     """MirroredStrategy over 2 logical CPUs gives the losses of one device with the same
     global batch."""
-    rng = np.random.default_rng(0)
-    npz = tmp_path / "d.npz"
-    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
-    config = tiny_config_file(tmp_path, npz)
+    config, _ = tiny_grey_run(tmp_path)
     common = ["--set", "train.log_every=1", "--set", "train.steps=5"]
     single = run("train.py", "--config", config, "--workdir", str(tmp_path / "one"), *common)
     assert single.returncode == 0, single.stderr
@@ -215,11 +213,7 @@ def test_two_workers_on_localhost_complete(tmp_path):
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    rng = np.random.default_rng(0)
-    npz = tmp_path / "d.npz"
-    np.savez(npz, images=rng.integers(0, 256, (30, 6, 5)).astype(np.uint8))
-    config = tiny_config_file(tmp_path, npz)
-    workdir = str(tmp_path / "run")
+    config, workdir = tiny_grey_run(tmp_path)
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     procs = []
     for index in range(2):
