@@ -1,8 +1,8 @@
 """Naive vs fast (cached) sampling speed, and the FLOP floor.
 
-  python benchmarks/sampling.py [--n-images 16] [--naive-steps 12]
+  python benchmarks/sampling.py [--n-images 16] [--naive-steps 24] [--types pixelcnn,...]
 
-For the quickstart model (28x28x1) and the CIFAR-10 PixelCNN of config.yml (32x32x3) it
+For the quickstart model (28x28x1) and the CIFAR-10 model (32x32x3) of each type it
 times, after a warm-up, the generation of --n-images images with method="fast" (every
 sub-pixel) and method="naive". The naive sampler costs the same full forward pass for
 every sub-pixel, so for the big model it is timed over its last --naive-steps sub-pixels
@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pixelcnn_tf import build_model, generate_images, load_config  # noqa: E402
+from pixelcnn_tf.layers import Conv2D  # noqa: E402
 from pixelcnn_tf.models import count_parameters  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,12 +46,18 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
 
 
 def flops_per_image(model) -> float:
-    """2·(kh//2+1)·kw·C_in·C_out per masked conv per position, over H·W positions."""
+    """Per position: 2·(kh//2+1)·kw·C_in·C_out for each masked conv (the rows it can
+    see) and 2·kh·kw·C_in·C_out for each unmasked one (vertical stacks, state-to-state
+    convolutions); over H·W positions."""
     h, w, _ = model.image_shape
     per_position = 0
     for conv in model.masked_convs:
         kh, kw = conv.kernel_size
         per_position += 2 * (kh // 2 + 1) * kw * conv.kernel.shape[2] * conv.features_out
+    for conv in model.submodules:
+        if isinstance(conv, Conv2D):
+            kh, kw, c_in, c_out = conv.kernel.shape
+            per_position += 2 * kh * kw * c_in * c_out
     return float(per_position * h * w)
 
 
@@ -95,14 +102,23 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=16)
     parser.add_argument("--naive-steps", type=int, default=24,
                         help="sub-pixels timed for the big model's naive sampler")
+    parser.add_argument("--types", default="pixelcnn",
+                        help="comma-separated model types: each is timed with "
+                             "configs/quickstart[_TYPE].yml and its CIFAR-10 config "
+                             "(config.yml or configs/cifar10_TYPE.yml)")
     args = parser.parse_args()
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     peak = matmul_flops_per_second()
     print(f"devices: {devices}; matmul throughput {peak / 1e9:.1f} GFLOP/s (2048x2048 fp32)")
-    bench("quickstart", os.path.join(ROOT, "configs/quickstart.yml"), [], (28, 28, 1),
-          args.n_images, naive_steps=10**9, peak=peak)
-    bench("CIFAR-10 PixelCNN (config.yml)", os.path.join(ROOT, "config.yml"), [],
-          (32, 32, 3), args.n_images, naive_steps=args.naive_steps, peak=peak)
+    for layer_type in args.types.split(","):
+        suffix = "" if layer_type == "pixelcnn" else f"_{layer_type}"
+        quick = os.path.join(ROOT, "configs", f"quickstart{suffix}.yml")
+        cifar = (os.path.join(ROOT, "config.yml") if layer_type == "pixelcnn"
+                 else os.path.join(ROOT, "configs", f"cifar10_{layer_type}.yml"))
+        bench(f"quickstart {layer_type} ({os.path.relpath(quick, ROOT)})", quick, [],
+              (28, 28, 1), args.n_images, naive_steps=10**9, peak=peak)
+        bench(f"CIFAR-10 {layer_type} ({os.path.relpath(cifar, ROOT)})", cifar, [],
+              (32, 32, 3), args.n_images, naive_steps=args.naive_steps, peak=peak)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from typing import Callable, Dict, Optional, Type
 
 import tensorflow as tf
 
-from pixelcnn_tf.layers import Conv2D, MaskedConv2D, per_image, shift_down, split_colour_groups
+from pixelcnn_tf.layers import (Conv2D, MaskedConv2D, active_step, per_image, shift_down,
+                                split_colour_groups)
 
 
 class PixelLayer(tf.Module):
@@ -22,11 +23,18 @@ class PixelLayer(tf.Module):
 
     ``position_wise = True`` declares that the layer is built only from MaskedConv2D and
     position-wise operations (written to work on ``[..., C]``), so the fast sampler can
-    evaluate it at one position from cached inputs. Layers with other state (recurrent
-    layers) leave it False and are sampled with the naive method.
+    evaluate it at one position from cached inputs.
+
+    ``row_wise = True`` declares a layer whose dependence on the rows above goes through a
+    per-row state (the gated PixelCNN's vertical stack, the Row LSTM's recurrence) and
+    whose dependence on the current row is position-wise: once a row is complete, the
+    sampler calls ``row_update`` on that row to get the state the next row needs, and
+    ``__call__`` in a position step reads it with ``active_step().row_state(self)``.
+    Layers that are neither (the Diagonal BiLSTM) are sampled with the naive method.
     """
 
     position_wise = False
+    row_wise = False
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
@@ -46,6 +54,16 @@ class PixelLayer(tf.Module):
         return state
 
     def __call__(self, state, condition: Optional[tf.Tensor] = None):
+        raise NotImplementedError
+
+    def initial_row_state(self, batch: tf.Tensor, width: int, dtype: tf.DType) -> tuple:
+        """Row-wise layers: the row state for row 0 (nothing above it)."""
+        raise NotImplementedError
+
+    def row_update(self, row_state: tuple, state_row, condition: Optional[tf.Tensor]):
+        """Row-wise layers: (row state for row r, this layer's input state at row r,
+        ``[N, 1, W, ·]`` tensors) → (row state for row r + 1, its output state at row r).
+        Parts of the output state no later ``row_update`` reads may be None."""
         raise NotImplementedError
 
 
@@ -147,14 +165,40 @@ class GatedPixelCNNBlock(PixelLayer):
     def features(state) -> tf.Tensor:
         return state[1]
 
+    row_wise = True
+
     def __call__(self, state, condition: Optional[tf.Tensor] = None):
         v, h = state
+        step = active_step()
+        if step is not None:  # one sub-pixel: h [N, 2h/n] of colour group c
+            _, from_above = step.row_state(self)  # [N, W, 4h]: 1x1(V v) of the row above
+            h_pre = self.horizontal(h) + step.at_position(from_above, self.n_colors)
+            return v, h + self.horizontal_out(_gate(h_pre, 1, condition))
         v_pre = self.vertical(v)  # [B, H, W, 4h]: rows up to the current one
         # The horizontal stack at row i sees the vertical stack of row i-1 only.
         h_pre = self.horizontal(h) + self.vertical_to_horizontal(shift_down(v_pre))
         v_new = _gate(v_pre, self.n_colors, condition)  # [B, H, W, 2h]
         h_new = h + self.horizontal_out(_gate(h_pre, self.n_colors, condition))
         return v_new, h_new
+
+    def initial_row_state(self, batch, width, dtype):
+        """(the vertical stack's input over the last k//2 + 1 rows ``[N, k//2+1, W, 2h]``,
+        zeros above the image; what the horizontal stack adds from the row above
+        ``[N, W, 4h]``: for row 0, 1x1 of the zero row)."""
+        width_2h = 2 * self.hidden_dim
+        window = tf.zeros(tf.stack([batch, self.kernel_size // 2 + 1, width, width_2h]), dtype)
+        zero_row = tf.zeros(tf.stack([batch, 1, width, 2 * width_2h]), dtype)
+        return window, self.vertical_to_horizontal(zero_row)[:, 0]
+
+    def row_update(self, row_state, state_row, condition=None):
+        """Row r of the vertical stack, from rows r-k//2..r of its input."""
+        window, _ = row_state
+        v_row, _ = state_row  # [N, 1, W, 2h]
+        window = tf.concat([window[:, 1:], v_row], axis=1)  # rows r-k//2..r
+        p = self.kernel_size // 2
+        v_pre = self.vertical(window, padding=(0, 0, p, p))  # [N, 1, W, 4h]
+        v_new = _gate(v_pre, self.n_colors, condition)  # [N, 1, W, 2h]
+        return (window, self.vertical_to_horizontal(v_pre)[:, 0]), (v_new, None)
 
 
 def _lstm_update(gates: tf.Tensor, cell: tf.Tensor, n_colors: int):
@@ -203,7 +247,16 @@ class RowLSTMBlock(_RecurrentPixelLayer):
                                          name="state_to_state")
             self.output = MaskedConv2D(2 * hidden_dim, 1, "B", n_colors, name="output")
 
+    row_wise = True
+
     def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
+        step = active_step()
+        if step is not None:  # one sub-pixel: state [N, 2h/n] of colour group c
+            recurrent, cell = step.row_state(self)  # [N, W, 4h], [N, W, h]: row above
+            gates = (self.input_to_state(tf.nn.relu(state))
+                     + step.at_position(recurrent, self.n_colors))  # [N, 4h/n]
+            hidden, _ = _lstm_update(gates, step.at_position(cell, self.n_colors), 1)
+            return self._residual(state, hidden, condition)
         x_gates = self.input_to_state(tf.nn.relu(state))  # [B, H, W, 4h]
         batch, width = tf.shape(state)[0], state.shape[2]
         self.state_to_state(tf.zeros([1, 1, width, self.hidden_dim]))  # create variables
@@ -218,6 +271,20 @@ class RowLSTMBlock(_RecurrentPixelLayer):
                             initializer=(zeros, zeros))
         hidden = tf.transpose(hidden, [1, 0, 2, 3])  # [H, B, W, h] → [B, H, W, h]
         return self._residual(state, hidden, condition)
+
+    def initial_row_state(self, batch, width, dtype):
+        """(state-to-state gates from the row above ``[N, W, 4h]``, its cell ``[N, W, h]``):
+        for row 0, those of the zero state."""
+        zeros = tf.zeros(tf.stack([batch, 1, width, self.hidden_dim]), dtype)
+        return self.state_to_state(zeros)[:, 0], zeros[:, 0]
+
+    def row_update(self, row_state, state_row, condition=None):
+        """The LSTM over row r (all columns) from the row state of row r - 1."""
+        recurrent, cell = row_state
+        gates = self.input_to_state(tf.nn.relu(state_row))[:, 0] + recurrent  # [N, W, 4h]
+        hidden, cell = _lstm_update(gates, cell, self.n_colors)  # [N, W, h] each
+        out = self._residual(state_row, hidden[:, None], condition)  # [N, 1, W, 2h]
+        return (self.state_to_state(hidden[:, None])[:, 0], cell), out
 
 
 def skew(x: tf.Tensor) -> tf.Tensor:

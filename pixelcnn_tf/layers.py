@@ -127,9 +127,10 @@ class Conv2D(tf.Module):
         self.bias: Optional[tf.Variable] = None
 
     @tf.Module.with_name_scope
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    def __call__(self, x: tf.Tensor, padding: Optional[Sequence[int]] = None) -> tf.Tensor:
         """``[B, H, W, C_in]`` → ``[B, H + top + bottom - kh + 1, W + left + right - kw + 1,
-        features_out]``."""
+        features_out]``; ``padding`` overrides the layer's (e.g. no top padding when the
+        input already holds the rows above)."""
         if self.kernel is None:
             c_in = int(x.shape[-1])
             fan_in = self.kernel_size[0] * self.kernel_size[1] * c_in
@@ -137,8 +138,9 @@ class Conv2D(tf.Module):
             self.kernel = tf.Variable(tf.random.truncated_normal(
                 shape, stddev=float(np.sqrt(self.init_scale / fan_in))), name="kernel")
             self.bias = tf.Variable(tf.zeros([self.features_out]), name="bias")
-        top, bottom, left, right = self.padding
-        if any(self.padding):
+        padding = self.padding if padding is None else tuple(int(p) for p in padding)
+        top, bottom, left, right = padding
+        if any(padding):
             x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
         y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=1, padding="VALID")
         return tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
@@ -177,6 +179,11 @@ _ACTIVE_STEP: contextvars.ContextVar = contextvars.ContextVar("pixelcnn_position
 def in_position_step() -> bool:
     """Whether the layers are being evaluated at one position (see ``position_step``)."""
     return _ACTIVE_STEP.get() is not None
+
+
+def active_step() -> Optional["_PositionStep"]:
+    """The position step being evaluated (see ``position_step``), or None."""
+    return _ACTIVE_STEP.get()
 
 
 def position_group(values: tf.Tensor, n_colors: int) -> tf.Tensor:
@@ -233,9 +240,11 @@ class PositionCaches:
             initial.append(tf.zeros(tf.stack(shape), dtype))
         self.initial = initial
 
-    def step(self, caches: List[tf.Tensor], i: tf.Tensor, j: tf.Tensor,
-             c: tf.Tensor) -> "_PositionStep":
-        return _PositionStep(self, list(caches), i, j, c)
+    def step(self, caches: List[tf.Tensor], i: tf.Tensor, j: tf.Tensor, c: tf.Tensor,
+             rows: Optional[Dict[int, tuple]] = None) -> "_PositionStep":
+        """One evaluation at sub-pixel (i, j, c). ``rows``: the row states of row-wise
+        pixel layers for row i, by ``id(layer)`` (see ``PixelRNN.row_update``)."""
+        return _PositionStep(self, list(caches), i, j, c, rows or {})
 
     @staticmethod
     def _cache_position(layer: MaskedConv2D, i, j):
@@ -266,8 +275,20 @@ class _PositionStep:
     """One evaluation at sub-pixel ``(i, j, c)``; collects the updated caches."""
 
     def __init__(self, owner: PositionCaches, caches: List[tf.Tensor], i: tf.Tensor,
-                 j: tf.Tensor, c: tf.Tensor):
+                 j: tf.Tensor, c: tf.Tensor, rows: Dict[int, tuple]):
         self.owner, self.caches, self.i, self.j, self.c = owner, caches, i, j, c
+        self.rows = rows
+
+    def row_state(self, layer) -> tuple:
+        """The row state of a row-wise pixel layer for the current row."""
+        if id(layer) not in self.rows:
+            raise ValueError(f"{layer.name} needs its row state in the position step: "
+                             f"pass rows=model.row_inputs(row_state) to PositionCaches.step")
+        return self.rows[id(layer)]
+
+    def at_position(self, row_values: tf.Tensor, n_colors: int) -> tf.Tensor:
+        """Per-row values ``[N, W, D]`` → column j, colour group c: ``[N, D / n_colors]``."""
+        return position_group(tf.gather(row_values, self.j, axis=1), n_colors)
 
     def conv(self, layer: MaskedConv2D, x: tf.Tensor) -> tf.Tensor:
         """``layer``'s input at (i, j) (all of it, or colour group c) → its output group c

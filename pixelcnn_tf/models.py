@@ -120,8 +120,50 @@ class PixelRNN(tf.Module):
 
     @property
     def supports_fast_sampling(self) -> bool:
-        """Whether every pixel layer can be evaluated at one position from caches."""
-        return bool(self._layer_cls.position_wise)
+        """Whether every pixel layer can be evaluated at one position from caches (and,
+        for row-wise layers, a state updated once per row)."""
+        return bool(self._layer_cls.position_wise or self._layer_cls.row_wise)
+
+    # -- row states, for the fast sampler of row-wise pixel layers ----------------------
+    def initial_row_state(self, batch: tf.Tensor) -> list:
+        """The row states of every pixel layer for row 0: a list with one tuple per layer
+        (empty when the layers are position-wise and need none)."""
+        if not self._layer_cls.row_wise:
+            return []
+        width = self.image_shape[1]
+        return [layer.initial_row_state(batch, width, self.compute_dtype)
+                for layer in self.pixel_layers]
+
+    def row_update(self, row_state: list, images: tf.Tensor, row: tf.Tensor,
+                   labels: Optional[tf.Tensor] = None) -> list:
+        """Row states for row ``row + 1``, once row ``row`` of ``images`` ``[N, H, W, C]``
+        (in [0, 1]) is final: the network runs on that one row, all columns, from the
+        row states of row ``row``. Only the rows up to ``row`` are read."""
+        if not self._layer_cls.row_wise:
+            return []
+        kh = self.input_conv.kernel_size[0]
+        x = tf.cast(self.preprocess(images), self.compute_dtype)
+        x = tf.pad(x, [[0, 0], [kh // 2, 0], [0, 0], [0, 0]])  # zero rows above the image
+        n, _, width, channels = x.shape
+        # Image rows row-kh//2 .. row → the input convolution's features at row `row`.
+        window = tf.slice(x, tf.stack([0, row, 0, 0]), [-1, kh // 2 + 1, width, channels])
+        features = self.input_conv(window)[:, -1:]  # [N, 1, W, 2h]
+        bias = None
+        if self.num_classes > 0:
+            bias = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
+                           self.compute_dtype)  # [N, L+1, 2h]
+            features += per_image(bias[:, 0], features)
+        state = self._layer_cls.initial_state(features)
+        new_states = []
+        for i, layer in enumerate(self.pixel_layers):
+            condition = None if bias is None else bias[:, i + 1]
+            layer_state, state = layer.row_update(row_state[i], state, condition)
+            new_states.append(layer_state)
+        return new_states
+
+    def row_inputs(self, row_state: list) -> dict:
+        """``row_state`` keyed by layer, as ``PositionCaches.step(..., rows=)`` takes it."""
+        return {id(layer): rows for layer, rows in zip(self.pixel_layers, row_state)}
 
     @property
     def masked_convs(self) -> List[MaskedConv2D]:

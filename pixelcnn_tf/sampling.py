@@ -132,9 +132,15 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool):
                                 getattr(model, "compute_dtype", tf.float32))
         labels_or_none = labels if conditional else None
 
-        def body(k, images, state):
+        def body(k, images, state, row_state):
             i, j, c = _subpixel(k, width, channels)
-            step = caches.step(state, i, j, c)
+            if row_state:  # row-wise layers: update their row states at each new row
+                row_state = tf.cond(
+                    (i > 0) & tf.equal(j, 0) & tf.equal(c, 0),
+                    lambda: model.row_update(row_state, tf.cast(images, tf.float32) / 255.0,
+                                             i - 1, labels_or_none),
+                    lambda: row_state)
+            step = caches.step(state, i, j, c, rows=model.row_inputs(row_state))
             pixel = tf.cast(images[:, i, j, :], tf.float32) / 255.0  # [N, C] in [0, 1]
             with position_step(step):
                 logits = model.position_logits(pixel, labels_or_none)  # [N, 256]
@@ -148,10 +154,11 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool):
             pixel = tf.cast(pixel, caches.dtype)
             for layer in model.image_convs:
                 state = caches.write(state, layer, pixel, i, j, c)
-            return k + 1, images, state
+            return k + 1, images, state, row_state
 
-        _, images, _ = tf.while_loop(lambda k, *_: k < total, body,
-                                     [tf.constant(0), images, caches.initial])
+        row_state = model.initial_row_state(tf.shape(images)[0])
+        _, images, _, _ = tf.while_loop(lambda k, *_: k < total, body,
+                                        [tf.constant(0), images, caches.initial, row_state])
         return images
 
     return sample

@@ -46,8 +46,8 @@ LOADER = textwrap.dedent("""
 """)
 
 
-def trained_trainer(tmp_path, num_classes=0):
-    cfg = tiny_config(3, num_classes=num_classes)
+def trained_trainer(tmp_path, num_classes=0, layer_type="pixelcnn"):
+    cfg = tiny_config(3, num_classes=num_classes, type=layer_type)
     cfg.train.learning_rate = 0.01
     trainer = Trainer(cfg, str(tmp_path / "run"), SHAPE)
     rng = np.random.default_rng(0)
@@ -71,9 +71,10 @@ def load_in_fresh_process(tmp_path, path, images, conditional):
     return dict(np.load(out + ".npz")), json.load(open(out + ".json"))
 
 
-@pytest.mark.parametrize("num_classes", [0, 2])
-def test_signatures_match_the_library_in_a_fresh_process(tmp_path, num_classes):
-    trainer = trained_trainer(tmp_path, num_classes)
+@pytest.mark.parametrize("layer_type,num_classes", [
+    ("pixelcnn", 0), ("pixelcnn", 2), ("gated_pixelcnn", 2), ("row_lstm", 0)])
+def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes):
+    trainer = trained_trainer(tmp_path, num_classes, layer_type)
     model = trainer.model
     path = export_saved_model(model, trainer.config, str(tmp_path / "sm"))
     images = np.random.default_rng(1).integers(0, 256, (3, *SHAPE)).astype(np.uint8)

@@ -108,11 +108,12 @@ from pixelcnn_tf import blocks  # noqa: E402
 from pixelcnn_tf.layers import PositionCaches, position_step  # noqa: E402
 from pixelcnn_tf.sampling import uniform_noise  # noqa: E402
 
-CACHEABLE = sorted(name for name, cls in blocks.PIXEL_LAYERS.items() if cls.position_wise)
+CACHEABLE = sorted(name for name, cls in blocks.PIXEL_LAYERS.items()
+                   if cls.position_wise or cls.row_wise)
 
 
-def test_every_convolutional_type_is_cacheable():
-    assert "pixelcnn" in CACHEABLE
+def test_cacheable_types():
+    assert CACHEABLE == ["gated_pixelcnn", "pixelcnn", "row_lstm"]
 
 
 def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0):
@@ -138,10 +139,13 @@ def test_position_logits_equal_full_pass(layer_type, channels, num_classes, rng)
     full = model(x, labels).numpy()  # [2, H, W, C, 256]
     caches = PositionCaches(model.masked_convs, 2, (h, w))
     state = caches.initial
+    row_state = model.initial_row_state(2)
     for i in range(h):
+        if i > 0:  # row-wise layers: row i - 1 is complete
+            row_state = model.row_update(row_state, x, i - 1, labels)
         for j in range(w):
             for c in range(channels):
-                step = caches.step(state, i, j, c)
+                step = caches.step(state, i, j, c, rows=model.row_inputs(row_state))
                 with position_step(step):
                     logits = model.position_logits(x[:, i, j, :], labels)
                 state = step.caches
@@ -161,9 +165,10 @@ def test_fast_equals_naive(layer_type, channels):
     assert len(np.unique(naive)) > 1
 
 
+@pytest.mark.parametrize("layer_type", CACHEABLE)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_fast_completion_equals_naive(channels, rng):
-    model = random_model(channels, num_classes=2)
+def test_fast_completion_equals_naive(layer_type, channels, rng):
+    model = random_model(channels, layer_type, num_classes=2)
     init = rng.integers(0, 256, size=(4, 5, 4, channels)).astype(np.uint8)
     for start in [(0, 0, 0), (2, 0, 0), (3, 2, channels - 1), (4, 3, channels - 1)]:
         args = dict(seed=5, init_images=init, start=start, labels=[0, 1, 1, 0])
@@ -196,6 +201,25 @@ def test_fast_sampler_runs_from_a_saved_model(tmp_path):
                         tf.zeros([2], tf.int32))
     np.testing.assert_array_equal(out.numpy(),
                                   generate_images(model, (5, 4), 2, 3, seed=9, method="naive"))
+
+
+def test_row_update_reads_only_finished_rows(rng):
+    """The row states for row i depend on image rows < i only."""
+    for layer_type in ("gated_pixelcnn", "row_lstm"):
+        model = random_model(3, layer_type)
+        x = rng.uniform(size=(2, 5, 4, 3)).astype(np.float32)
+        changed = x.copy()
+        changed[:, 3:] = rng.uniform(size=(2, 2, 4, 3))  # rows 3 and 4
+        state_a = state_b = model.initial_row_state(2)
+        for row in range(3):
+            state_a = model.row_update(state_a, x, row)
+            state_b = model.row_update(state_b, changed, row)
+        for a, b in zip(tf.nest.flatten(state_a), tf.nest.flatten(state_b)):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        state_c = model.row_update(state_b, changed, 3)
+        assert any(not np.array_equal(a.numpy(), c.numpy()) for a, c in
+                   zip(tf.nest.flatten(model.row_update(state_a, x, 3)),
+                       tf.nest.flatten(state_c)))
 
 
 def test_non_position_wise_layers_fall_back_to_naive(caplog):
