@@ -36,6 +36,8 @@ def main(argv: Sequence[str]) -> int:
                         help="skip bits/dim (samples and completions only)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
+    if args.no_eval and not (args.samples or args.completions):
+        parser.error("--no-eval leaves nothing to do: add --samples N or --completions K")
     cli.import_tensorflow_quietly()
 
     from pixelcnn_tf.config import load_config

@@ -159,6 +159,12 @@ def test_every_layer_type_trains_evaluates_and_samples(tmp_path, layer_type):
     assert fell_back == (layer_type == "diagonal_bilstm")  # the others have a fast sampler
 
 
+def test_evaluate_with_nothing_to_do_says_so(tmp_path):
+    result = run("evaluate.py", "--workdir", str(tmp_path), "--no-eval")
+    assert result.returncode == 2
+    assert "--no-eval leaves nothing to do: add --samples N or --completions K" in result.stderr
+
+
 def test_config_error_is_one_line_and_exit_2(tmp_path):
     result = run("train.py", "--config", "configs/quickstart.yml", "--workdir",
                  str(tmp_path / "w"), "--set", "model.typ=pixelcnn")
