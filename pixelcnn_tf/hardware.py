@@ -1,7 +1,7 @@
 """What the machine offers for mixed precision, and when a precision is likely to be slow.
 
 Measured with ``benchmarks/train_throughput.py`` (CIFAR-10 PixelCNN, batch 16):
-bfloat16 trained 1.74x faster than float32 on a 2-core Xeon with AMX-BF16, but 0.6x as fast
+bfloat16 trained 1.74x faster than float32 on a 2-core Xeon with AMX-BF16, but 0.6-0.75x as fast
 on a 2-core Xeon with AVX512-BF16 and no AMX; float16 ran at 0.11x on CPU (no fast float16
 CPU kernels). On GPUs, bfloat16 needs compute capability 8.0 (Ampere) or newer for fast
 kernels and float16 7.0 (Volta) or newer for tensor cores.
@@ -63,7 +63,7 @@ def precision_warning(precision: str, gpu_capabilities: Sequence[Tuple[int, int]
                 ", or bfloat16 on a CPU with AMX-BF16")
     if "amx_bf16" not in set(cpu_flags):
         return ("train.mixed_precision=bfloat16 on a CPU without AMX-BF16: bfloat16 matrix "
-                "products are slower than float32 there (0.6x the float32 speed measured on "
+                "products are slower than float32 there (0.6-0.75x the float32 speed measured on "
                 "an AVX512-BF16 Xeon; 1.74x with AMX); " + advice)
     return None
 
