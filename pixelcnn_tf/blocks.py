@@ -14,8 +14,8 @@ from typing import Callable, Dict, Optional, Type
 
 import tensorflow as tf
 
-from pixelcnn_tf.layers import (Conv2D, MaskedConv2D, active_step, per_image, shift_down,
-                                split_colour_groups)
+from pixelcnn_tf.layers import (Conv2D, MaskedConv2D, active_step, per_image, position_group,
+                                shift_down, split_colour_groups)
 
 
 class PixelLayer(tf.Module):
@@ -357,9 +357,81 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
         hidden = tf.transpose(hidden, [1, 2, 3, 0, 4])  # [W', 2, B, H, h] → [2, B, H, W', h]
         return unskew(hidden[0], width), unskew(hidden[1], width)
 
+    row_wise = True
+
     def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
+        step = active_step()
+        if step is not None:
+            return self._position(step, state, condition)
         x = tf.nn.relu(state)
         forward, backward = self._directions(x, tf.reverse(x, axis=[2]))
         backward = tf.reverse(backward, axis=[2])
         hidden = forward + shift_down(backward)  # the right-to-left part: rows above only
         return self._residual(state, hidden, condition)
+
+    def _recurrence(self, direction: int, dtype: tf.DType):
+        """State-to-state weights of one direction: kernel taps for the row above and for
+        the previous pixel of the row ``[h, 4h]`` each, and the bias ``[4h]``."""
+        conv = self.state_to_state[direction]
+        kernel = tf.cast(conv.kernel[:, 0], dtype)  # [2, 1, h, 4h] → [2, h, 4h]
+        return kernel[0], kernel[1], tf.cast(conv.bias, dtype)
+
+    # Sampling. The forward (left-to-right) LSTM at (i, j) reads the states of (i-1, j) and
+    # (i, j-1); the backward one enters position (i, j) only through row i-1. So the row
+    # state is (forward hidden of the row above, backward hidden of the row above, and the
+    # forward hidden and cell of the current row, filled in position by position).
+    def initial_row_state(self, batch, width, dtype):
+        zeros = tf.zeros(tf.stack([batch, width, self.hidden_dim]), dtype)
+        return zeros, zeros, zeros, zeros
+
+    def _position(self, step, state, condition):
+        """One sub-pixel: ``state`` ``[N, 2h/n]`` of colour group c → the same."""
+        above_f, above_b, row_h, row_c = step.row_state(self)  # [N, W, h] each
+        n, j = self.n_colors, step.j
+        left = tf.maximum(j - 1, 0)
+        has_left = tf.cast(j > 0, row_h.dtype)  # the pixel left of column 0 is zero
+        left_h = tf.gather(row_h, left, axis=1) * has_left  # [N, h]: all colour groups
+        left_c = tf.gather(row_c, left, axis=1) * has_left
+        up, side, bias = self._recurrence(0, row_h.dtype)
+        recurrent = (tf.matmul(tf.gather(above_f, j, axis=1), up)
+                     + tf.matmul(left_h, side) + bias)  # [N, 4h]
+        gates = (self.input_to_state[0](tf.nn.relu(state))
+                 + position_group(recurrent, n))  # [N, 4h/n]
+        hidden, cell = _lstm_update(gates, position_group(left_c, n), 1)  # [N, h/n]
+        # Record colour group c of this pixel's forward state for the pixels to its right.
+        in_group = tf.equal(tf.range(self.hidden_dim) // (self.hidden_dim // n), step.c)
+        here = tf.equal(tf.range(tf.shape(row_h)[1]), j)[None, :, None]  # [1, W, 1]
+        where = tf.logical_and(here, in_group[None, None, :])  # [1, W, h]
+        row_h = tf.where(where, tf.tile(hidden, [1, n])[:, None], row_h)
+        row_c = tf.where(where, tf.tile(cell, [1, n])[:, None], row_c)
+        step.set_row_state(self, (above_f, above_b, row_h, row_c))
+        hidden += step.at_position(above_b, n)  # shift_down(backward): the row above
+        return self._residual(state, hidden, condition)
+
+    def row_update(self, row_state, state_row, condition=None):
+        """Both LSTMs over row r, from the hidden states of row r - 1."""
+        above_f, above_b, _, _ = row_state
+        x = tf.nn.relu(state_row)  # [N, 1, W, 2h]
+        rows = []
+        for direction in (0, 1):
+            gates = self.input_to_state[direction](x)[:, 0]  # [N, W, 4h]
+            above = above_f if direction == 0 else above_b
+            up, side, bias = self._recurrence(direction, gates.dtype)
+            # Columns left to right (forward) or right to left (backward): [W, N, ·].
+            order = (lambda t: t) if direction == 0 else (lambda t: tf.reverse(t, [0]))
+            inputs = (order(tf.transpose(gates, [1, 0, 2])),
+                      order(tf.transpose(tf.matmul(above, up), [1, 0, 2])))
+
+            def column_step(carry, inputs, side=side, bias=bias):
+                h_prev, c_prev = carry  # [N, h]: the previous pixel of the row
+                gates_col, from_above = inputs
+                return _lstm_update(gates_col + from_above + tf.matmul(h_prev, side) + bias,
+                                    c_prev, self.n_colors)
+
+            zeros = tf.zeros_like(above[:, 0])
+            hidden, _ = tf.scan(column_step, inputs, initializer=(zeros, zeros))
+            rows.append(tf.transpose(order(hidden), [1, 0, 2]))  # [W, N, h] → [N, W, h]
+        forward, backward = rows
+        out = self._residual(state_row, (forward + above_b)[:, None], condition)
+        zeros = tf.zeros_like(forward)
+        return (forward, backward, zeros, zeros), out

@@ -286,6 +286,11 @@ class _PositionStep:
                              f"pass rows=model.row_inputs(row_state) to PositionCaches.step")
         return self.rows[id(layer)]
 
+    def set_row_state(self, layer, row_state: tuple) -> None:
+        """Replaces a layer's row state (layers that also keep the current row's values)."""
+        self.row_state(layer)  # checks it is there
+        self.rows = {**self.rows, id(layer): row_state}
+
     def at_position(self, row_values: tf.Tensor, n_colors: int) -> tf.Tensor:
         """Per-row values ``[N, W, D]`` → column j, colour group c: ``[N, D / n_colors]``."""
         return position_group(tf.gather(row_values, self.j, axis=1), n_colors)

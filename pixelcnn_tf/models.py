@@ -165,6 +165,12 @@ class PixelRNN(tf.Module):
         """``row_state`` keyed by layer, as ``PositionCaches.step(..., rows=)`` takes it."""
         return {id(layer): rows for layer, rows in zip(self.pixel_layers, row_state)}
 
+    def row_outputs(self, step) -> list:
+        """The row states after a position step (layers may record the current row)."""
+        if not self._layer_cls.row_wise:
+            return []
+        return [step.rows[id(layer)] for layer in self.pixel_layers]
+
     @property
     def masked_convs(self) -> List[MaskedConv2D]:
         """Every MaskedConv2D of the model, in a fixed order."""

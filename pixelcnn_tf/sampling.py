@@ -147,6 +147,7 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool):
             with position_step(step):
                 logits = model.position_logits(pixel, labels_or_none)  # [N, 256]
             state = step.caches
+            row_state = model.row_outputs(step)
             values = _draw(logits, seed, k, temperature, greedy)
             values = tf.where(k >= start, values, images[:, i, j, c])  # keep given ones
             images = _write_subpixel(images, i, j, c, values)

@@ -72,7 +72,8 @@ def load_in_fresh_process(tmp_path, path, images, conditional):
 
 
 @pytest.mark.parametrize("layer_type,num_classes", [
-    ("pixelcnn", 0), ("pixelcnn", 2), ("gated_pixelcnn", 2), ("row_lstm", 0)])
+    ("pixelcnn", 0), ("pixelcnn", 2), ("gated_pixelcnn", 2), ("row_lstm", 0),
+    ("diagonal_bilstm", 2)])
 def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes):
     trainer = trained_trainer(tmp_path, num_classes, layer_type)
     model = trainer.model

@@ -113,7 +113,7 @@ CACHEABLE = sorted(name for name, cls in blocks.PIXEL_LAYERS.items()
 
 
 def test_cacheable_types():
-    assert CACHEABLE == ["gated_pixelcnn", "pixelcnn", "row_lstm"]
+    assert CACHEABLE == sorted(blocks.PIXEL_LAYERS)  # every type has a fast sampler
 
 
 def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0):
@@ -149,6 +149,7 @@ def test_position_logits_equal_full_pass(layer_type, channels, num_classes, rng)
                 with position_step(step):
                     logits = model.position_logits(x[:, i, j, :], labels)
                 state = step.caches
+                row_state = model.row_outputs(step)
                 np.testing.assert_allclose(logits.numpy(), full[:, i, j, c], rtol=1e-4,
                                            atol=1e-4, err_msg=f"sub-pixel {(i, j, c)}")
 
@@ -205,7 +206,7 @@ def test_fast_sampler_runs_from_a_saved_model(tmp_path):
 
 def test_row_update_reads_only_finished_rows(rng):
     """The row states for row i depend on image rows < i only."""
-    for layer_type in ("gated_pixelcnn", "row_lstm"):
+    for layer_type in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm"):
         model = random_model(3, layer_type)
         x = rng.uniform(size=(2, 5, 4, 3)).astype(np.float32)
         changed = x.copy()
