@@ -29,8 +29,9 @@ class PixelLayer(tf.Module):
     per-row state (the gated PixelCNN's vertical stack, the Row LSTM's recurrence) and
     whose dependence on the current row is position-wise: once a row is complete, the
     sampler calls ``row_update`` on that row to get the state the next row needs, and
-    ``__call__`` in a position step reads it with ``active_step().row_state(self)``.
-    Layers that are neither (the Diagonal BiLSTM) are sampled with the naive method.
+    ``__call__`` in a position step reads it with ``active_step().row_state(self)`` (and
+    may record values of the current row with ``set_row_state``). Layers that are neither
+    are sampled with the naive method.
     """
 
     position_wise = False

@@ -14,10 +14,10 @@ Methods:
          Autoregressive Models"): every masked convolution keeps its input in a cache and
          is evaluated only at the current position, reading the rows it can see from the
          cache. The cost of a step is that of one position instead of H·W positions; the
-         results are exact. Row-wise pixel layers (gated PixelCNN, Row LSTM) also keep a
-         per-row state, updated by one pass over each row once it is complete
-         (``PixelRNN.row_update``). Other layers (the Diagonal BiLSTM) fall back to
-         naive, with a logged note.
+         results are exact. Row-wise pixel layers (gated PixelCNN, Row LSTM, Diagonal
+         BiLSTM) also keep a per-row state, updated by one pass over each row once it is
+         complete (``PixelRNN.row_update``). Layers that are neither position-wise nor
+         row-wise fall back to naive, with a logged note.
 """
 from __future__ import annotations
 
