@@ -44,11 +44,9 @@ def main(argv: Sequence[str]) -> int:
     from pixelcnn_tf.trainer import CONFIG_FILE, Trainer, read_model_info
 
     info = read_model_info(args.workdir)
-    overrides = list(args.overrides)
-    if not any(o.split("=", 1)[0].strip() == "train.mixed_precision" for o in overrides):
-        # Exact bits/dim: float32 arithmetic on the (float32) weights, whatever precision
-        # the run trained in; --set train.mixed_precision=bfloat16 trades that for speed.
-        overrides.append("train.mixed_precision=none")
+    # Exact bits/dim: float32 arithmetic on the (float32) weights, whatever precision the
+    # run trained in; a later --set train.mixed_precision=bfloat16 trades that for speed.
+    overrides = ["train.mixed_precision=none", *args.overrides]
     config = load_config(os.path.join(args.workdir, CONFIG_FILE), overrides)
     image_shape = tuple(info["image_shape"])
     trainer = Trainer(config, args.workdir, image_shape)

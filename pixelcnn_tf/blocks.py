@@ -146,6 +146,8 @@ class GatedPixelCNNBlock(PixelLayer):
     ``__call__`` (not as constraints after optimizer steps).
     """
 
+    row_wise = True
+
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
         super().__init__(hidden_dim, n_colors, kernel_size, name=name)
@@ -165,8 +167,6 @@ class GatedPixelCNNBlock(PixelLayer):
     @staticmethod
     def features(state) -> tf.Tensor:
         return state[1]
-
-    row_wise = True
 
     def __call__(self, state, condition: Optional[tf.Tensor] = None):
         v, h = state
@@ -237,6 +237,8 @@ class RowLSTMBlock(_RecurrentPixelLayer):
     triangle of rows above widening by k//2 pixels a row.
     """
 
+    row_wise = True
+
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
         super().__init__(hidden_dim, n_colors, kernel_size, name=name)
@@ -247,8 +249,6 @@ class RowLSTMBlock(_RecurrentPixelLayer):
             self.state_to_state = Conv2D(4 * hidden_dim, (1, k), (0, 0, k // 2, k // 2),
                                          name="state_to_state")
             self.output = MaskedConv2D(2 * hidden_dim, 1, "B", n_colors, name="output")
-
-    row_wise = True
 
     def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
         step = active_step()
@@ -313,6 +313,8 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
     rows above from it. Together they reach every earlier pixel (no blind spot).
     """
 
+    row_wise = True
+
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
         super().__init__(hidden_dim, n_colors, kernel_size, name=name)
@@ -358,8 +360,6 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
         hidden = tf.transpose(hidden, [1, 2, 3, 0, 4])  # [W', 2, B, H, h] → [2, B, H, W', h]
         return unskew(hidden[0], width), unskew(hidden[1], width)
 
-    row_wise = True
-
     def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
         step = active_step()
         if step is not None:
@@ -400,12 +400,8 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
                  + position_group(recurrent, n))  # [N, 4h/n]
         hidden, cell = _lstm_update(gates, position_group(left_c, n), 1)  # [N, h/n]
         # Record colour group c of this pixel's forward state for the pixels to its right.
-        in_group = tf.equal(tf.range(self.hidden_dim) // (self.hidden_dim // n), step.c)
-        here = tf.equal(tf.range(tf.shape(row_h)[1]), j)[None, :, None]  # [1, W, 1]
-        where = tf.logical_and(here, in_group[None, None, :])  # [1, W, h]
-        row_h = tf.where(where, tf.tile(hidden, [1, n])[:, None], row_h)
-        row_c = tf.where(where, tf.tile(cell, [1, n])[:, None], row_c)
-        step.set_row_state(self, (above_f, above_b, row_h, row_c))
+        step.set_row_state(self, (above_f, above_b, step.record(row_h, hidden, n),
+                                  step.record(row_c, cell, n)))
         hidden += step.at_position(above_b, n)  # shift_down(backward): the row above
         return self._residual(state, hidden, condition)
 

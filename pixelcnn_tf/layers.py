@@ -186,6 +186,14 @@ def active_step() -> Optional["_PositionStep"]:
     return _ACTIVE_STEP.get()
 
 
+def with_colour_group(old: tf.Tensor, values: tf.Tensor, c: tf.Tensor,
+                      n_colors: int) -> tf.Tensor:
+    """``old`` ``[N, D]`` with colour group ``c`` replaced by ``values`` ``[N, D / n]``."""
+    d = old.shape[-1]
+    in_group = tf.equal(tf.range(d) // (d // n_colors), c)[None, :]  # [1, D]
+    return tf.where(in_group, tf.tile(values, [1, n_colors]), old)
+
+
 def position_group(values: tf.Tensor, n_colors: int) -> tf.Tensor:
     """Per-image values ``[B, D]`` → in a position step, their colour group being computed
     ``[B, D / n_colors]``; otherwise ``values`` unchanged."""
@@ -221,7 +229,6 @@ class PositionCaches:
         self.index: Dict[int, int] = {}
         self.weights: Dict[int, tf.Tensor] = {}
         self.biases: Dict[int, tf.Tensor] = {}
-        self.groups: Dict[int, tf.Tensor] = {}
         initial: List[tf.Tensor] = []
         for layer in self.layers:
             key = id(layer)
@@ -233,7 +240,6 @@ class PositionCaches:
             self.weights[key] = tf.transpose(kernel, [1, 0, 2])
             bias = layer.bias if layer.bias is not None else tf.zeros([c_out])
             self.biases[key] = tf.reshape(tf.cast(bias, dtype), [n, c_out // n])
-            self.groups[key] = tf.constant(np.arange(c_in) // (c_in // n), tf.int32)
             self.index[key] = len(initial)
             shape = [batch, height + ph, width + 2 * pw, c_in] if (kh, kw) != (1, 1) \
                 else [batch, 1, 1, c_in]
@@ -264,9 +270,7 @@ class PositionCaches:
         row, col = self._cache_position(layer, i, j)
         where = tf.stack([tf.range(n), tf.fill([n], row), tf.fill([n], col)], axis=1)  # [N, 3]
         if x.shape[-1] != cache.shape[-1]:  # one colour group: keep the other groups
-            old = tf.gather_nd(cache, where)  # [N, C_in]
-            in_group = tf.equal(self.groups[key], c)[None, :]  # [1, C_in]
-            x = tf.where(in_group, tf.tile(x, [1, layer.n_colors]), old)
+            x = with_colour_group(tf.gather_nd(cache, where), x, c, layer.n_colors)
         caches[k] = tf.tensor_scatter_nd_update(cache, where, x)
         return caches
 
@@ -294,6 +298,14 @@ class _PositionStep:
     def at_position(self, row_values: tf.Tensor, n_colors: int) -> tf.Tensor:
         """Per-row values ``[N, W, D]`` → column j, colour group c: ``[N, D / n_colors]``."""
         return position_group(tf.gather(row_values, self.j, axis=1), n_colors)
+
+    def record(self, row_values: tf.Tensor, values: tf.Tensor, n_colors: int) -> tf.Tensor:
+        """The inverse of ``at_position``: ``row_values`` ``[N, W, D]`` with column j,
+        colour group c replaced by ``values`` ``[N, D / n_colors]``."""
+        column = with_colour_group(tf.gather(row_values, self.j, axis=1), values, self.c,
+                                   n_colors)  # [N, D]
+        here = tf.equal(tf.range(tf.shape(row_values)[1]), self.j)[None, :, None]  # [1, W, 1]
+        return tf.where(here, column[:, None], row_values)
 
     def conv(self, layer: MaskedConv2D, x: tf.Tensor) -> tf.Tensor:
         """``layer``'s input at (i, j) (all of it, or colour group c) → its output group c
