@@ -22,6 +22,48 @@ from pixelcnn_tf.errors import ConfigError
 DATASETS = ("cifar10", "mnist", "fashion_mnist", "mnist5k", "npz")
 
 
+MAX_YAML_NODES = 10_000  # a config has ~50; alias bombs expand to millions
+MAX_SHOWN = 80  # characters of a value quoted in an error message
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut to MAX_SHOWN characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+def safe_load_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` that refuses documents whose aliases expand to more than
+    MAX_YAML_NODES nodes (a "billion laughs" alias bomb of a few hundred bytes would take
+    gigabytes once anything walks or prints it)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: Dict[int, int] = {}
+
+        def expanded(n) -> int:  # node count with every alias expanded; memoised
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # (a recursive alias counts as one node)
+                children = n.value if isinstance(n.value, list) else []
+                total = 1
+                for child in children:
+                    parts = child if isinstance(child, tuple) else (child,)  # map pairs
+                    total += sum(expanded(p) for p in parts)
+                    if total > MAX_YAML_NODES:
+                        break
+                sizes[id(n)] = total
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_YAML_NODES:
+            raise ConfigError(f"{what} expands to more than {MAX_YAML_NODES:,} YAML nodes "
+                              f"(aliases that repeat aliases); write the values out instead")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _choices(values):
     return {"choices": values}
 
@@ -64,7 +106,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = field(default=2000, metadata={"min": 0})  # total optimizer steps
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})  # int64
     learning_rate: float = field(default=1e-3, metadata={"min_exclusive": 0.0})
     lr_decay_rate: float = field(default=0.999995, metadata={"min_exclusive": 0.0, "max": 1.0})
     lr_decay_steps: int = field(default=1, metadata={"min": 1})
@@ -87,7 +129,7 @@ class SampleConfig:
     method: str = field(default="naive", metadata=_choices(_sample_methods))
     n_images: int = field(default=16, metadata={"min": 1})
     temperature: float = field(default=1.0, metadata={"min_exclusive": 0.0})
-    seed: int = 1234
+    seed: int = field(default=1234, metadata={"min": 0, "max": 2**63 - 1})  # int64
 
 
 @dataclass
@@ -120,14 +162,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = float(value)
         if not math.isfinite(value):
-            raise ConfigError(f"{key}={value} must be a finite number")
+            raise ConfigError(f"{key}={_show(value)} must be a finite number")
         return value
     if annotation is int and isinstance(value, float) and value.is_integer():
         return int(value)  # 1e5 in YAML is a float
     if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}={value!r} has the wrong type: expected "
+        raise ConfigError(f"{key}={_show(value)} has the wrong type: expected "
                           f"{annotation.__name__}, got {type(value).__name__}")
     return value
 
@@ -137,20 +179,20 @@ def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if callable(choices):
         choices = choices()
     if choices is not None and value not in choices:
-        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: "
+        raise ConfigError(f"{key}={_show(value)} is not allowed; allowed values: "
                           f"{', '.join(map(str, choices))}")
     if value is None:
         return
     if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{key}={value} is out of range: it must be >= {meta['min']}")
+        raise ConfigError(f"{key}={_show(value)} is out of range: it must be >= {meta['min']}")
     if "min_exclusive" in meta and value <= meta["min_exclusive"]:
-        raise ConfigError(f"{key}={value} is out of range: it must be > {meta['min_exclusive']}")
+        raise ConfigError(f"{key}={_show(value)} is out of range: it must be > {meta['min_exclusive']}")
     if "max_exclusive" in meta and value >= meta["max_exclusive"]:
-        raise ConfigError(f"{key}={value} is out of range: it must be < {meta['max_exclusive']}")
+        raise ConfigError(f"{key}={_show(value)} is out of range: it must be < {meta['max_exclusive']}")
     if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{key}={value} is out of range: it must be <= {meta['max']}")
+        raise ConfigError(f"{key}={_show(value)} is out of range: it must be <= {meta['max']}")
     if meta.get("odd") and value % 2 == 0:
-        raise ConfigError(f"{key}={value} must be odd (masked kernels need a centre), "
+        raise ConfigError(f"{key}={_show(value)} must be odd (masked kernels need a centre), "
                           f"e.g. {value + 1}")
 
 
@@ -193,6 +235,10 @@ def _check_cross_fields(config: Config) -> None:
     if config.data.dataset == "npz" and not config.data.path:
         raise ConfigError("data.path must name an .npz file when data.dataset=npz "
                           "(e.g. --set data.path=images.npz)")
+    if config.data.dataset != "npz" and config.data.path:
+        raise ConfigError(f"data.path={_show(config.data.path)} is only read when "
+                          f"data.dataset=npz, but data.dataset={config.data.dataset}: add "
+                          f"--set data.dataset=npz, or --set data.path=null")
 
 
 def config_to_dict(config: Config) -> Dict[str, Dict[str, Any]]:
@@ -210,34 +256,66 @@ def parse_override(override: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override key {path!r} must be section.key with a section in "
                           f"{', '.join(_SECTION_TYPES)}, e.g. train.steps=100")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = safe_load_yaml(text, f"override {_show(override)}") if text.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {override!r}: the value is not valid YAML ({e})") from None
+        raise ConfigError(f"override {_show(override)}: the value is not valid YAML "
+                          f"({_show(str(e))})") from None
     return parts[0], parts[1], value
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """``raw`` with every override applied. ``data.path=FILE.npz`` without a
+    ``data.dataset`` override also sets ``data.dataset=npz``: the path names the data."""
     raw = {k: dict(v or {}) if isinstance(v, Mapping) else v for k, v in (raw or {}).items()}
+    keys = set()
     for override in overrides:
         section, key, value = parse_override(override)
         if section not in _SECTION_TYPES:
-            raise ConfigError(f"unknown config section '{section}' in override {override!r}; "
-                              f"allowed sections: {', '.join(_SECTION_TYPES)}")
-        raw.setdefault(section, {})[key] = value
+            raise ConfigError(f"unknown config section '{section}' in override "
+                              f"{_show(override)}; allowed sections: {', '.join(_SECTION_TYPES)}")
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raw[section] = {}  # a malformed section is reported by config_from_dict
+        raw[section][key] = value
+        keys.add((section, key))
+    path = raw.get("data", {}).get("path") if isinstance(raw.get("data"), dict) else None
+    if (("data", "path") in keys and ("data", "dataset") not in keys
+            and isinstance(path, str) and path.lower().endswith(".npz")):
+        raw["data"]["dataset"] = "npz"
     return raw
 
 
 def read_yaml(path: str) -> Dict[str, Any]:
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file such as "
+                          f"configs/quickstart.yml")
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1_000_001)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file (not UTF-8); pass a YAML "
+                          f"file such as configs/quickstart.yml") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    if len(text) > 1_000_000:
+        raise ConfigError(f"config file {path} is larger than 1 MB; a config is a few "
+                          f"hundred bytes of YAML")
+    if "\0" in text:
+        raise ConfigError(f"config file {path} is not a text file (it holds NUL bytes); "
+                          f"pass a YAML file such as configs/quickstart.yml")
+    try:
+        raw = safe_load_yaml(text, f"config file {path}")
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: "
+                          f"{_show(str(e)).strip(chr(39))}") from None
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"config file {path} must hold a mapping of sections "
                           f"({', '.join(_SECTION_TYPES)}), got {type(raw).__name__}")
+    for section, values in (raw or {}).items():
+        if values is not None and not isinstance(values, Mapping):
+            raise ConfigError(f"config file {path}: section '{_show(section)[1:-1]}' must be "
+                              f"a mapping of keys to values, got {_show(values)}")
     return raw or {}
 
 
@@ -266,6 +344,10 @@ def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> N
     if channels not in (1, 3):
         raise ConfigError(f"images have {channels} channels; models support 1 (grey) or 3 "
                           f"(RGB) channels")
+    if channels == 1 and model.input_kernel_size == 1:
+        raise ConfigError("model.input_kernel_size=1 on grey images gives a mask-A input "
+                          "kernel with no taps (the model would never see its input); use "
+                          "3 or more, e.g. 7")
     if channels == 3:
         for key in ("hidden_dim", "out_dim"):
             value = getattr(model, key)

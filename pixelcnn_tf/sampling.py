@@ -46,24 +46,50 @@ def _hash32(x: tf.Tensor) -> tf.Tensor:
     return shift_xor(x, 16)
 
 
+SEED_RANGE = (0, 2**63)  # seeds are int64 at every interface; negative ones are refused
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int in ``0 .. 2**63 - 1``, or a ValueError that says the range."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not SEED_RANGE[0] <= int(seed) < SEED_RANGE[1]:
+        raise ValueError(f"seed must be in 0..2**63-1 (an int64), got {seed}")
+    return int(seed)
+
+
+def unit_interval(bits: tf.Tensor) -> tf.Tensor:
+    """uint32 hash outputs → float32 in the open interval (0, 1).
+
+    The top 23 bits m give (m + 0.5) / 2^23 = (2m + 1) / 2^24: every value is exactly
+    representable in float32, the smallest is 2^-24 and the largest 1 - 2^-24, so neither
+    0 nor 1 can occur. (With 24 bits the largest, (2^24 - 0.5) / 2^24, rounds to 1.0 in
+    float32, and the Gumbel noise -log(-log 1) = +inf would pick a value whatever its
+    probability.)
+    """
+    mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(9, tf.uint32)), tf.float32)
+    return (mantissa + 0.5) * (1.0 / 2**23)
+
+
 def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
     """Counter-based uniform noise in (0, 1), ``[n, 256]`` float32, for sub-pixel ``k``.
 
-    Element ``(b, v)`` hashes (seed, k, b, v). TensorFlow's stateless random ops give
-    different numbers when compiled with XLA than in graph mode, which would make the
-    XLA-compiled fast sampler and the naive sampler disagree for the same seed; these
-    integer hashes give the same bits under XLA, in graph mode and on every device.
+    Element ``(b, v)`` hashes (seed, k, b, v). All 64 bits of the seed count: for a given
+    ``k`` the two 32-bit keys are a bijection of (low word, high word), so two different
+    seeds never share their keys. TensorFlow's stateless random ops give different numbers
+    when compiled with XLA than in graph mode, which would make the XLA-compiled fast
+    sampler and the naive sampler disagree for the same seed; these integer hashes give the
+    same bits under XLA, in graph mode and on every device.
     """
     seed = tf.cast(seed, tf.int64)
     lo = tf.cast(tf.bitwise.bitwise_and(seed, tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
     hi = tf.cast(tf.bitwise.right_shift(seed, tf.constant(32, tf.int64)), tf.uint32)
-    key = _hash32(tf.bitwise.bitwise_xor(_hash32(hi), lo))
-    key = _hash32(tf.bitwise.bitwise_xor(key, tf.cast(k, tf.uint32)))
+    key1 = _hash32(tf.bitwise.bitwise_xor(lo, _hash32(tf.cast(k, tf.uint32))))
+    key2 = _hash32(tf.bitwise.bitwise_xor(hi, _hash32(key1)))
     index = tf.range(n * 256, dtype=tf.int32)  # (b, v) → b·256 + v
-    bits = _hash32(tf.bitwise.bitwise_xor(_hash32(tf.cast(index, tf.uint32)), key))
-    # Top 24 bits → (0, 1): (m + 0.5) / 2^24, never 0 or 1.
-    mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32)
-    return tf.reshape((mantissa + 0.5) * (1.0 / 2**24), [n, 256])
+    bits = _hash32(tf.bitwise.bitwise_xor(_hash32(tf.cast(index, tf.uint32)), key1))
+    bits = _hash32(tf.bitwise.bitwise_xor(bits, key2))
+    return tf.reshape(unit_interval(bits), [n, 256])
 
 
 def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tensor,
@@ -222,7 +248,8 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
       img_dims: (height, width); must match the model.
       n_images: how many images to draw (one batch).
       n_channels: 1 or 3; must match the model.
-      seed: int; the same seed gives the same images. None draws a random seed.
+      seed: int in 0..2**63-1; the same seed gives the same images (every bit of it
+        counts). None draws a random seed.
       temperature: divides the logits (>0); < 1 sharpens, > 1 flattens.
       greedy: take the most likely value instead of sampling.
       method: "naive" (a full forward pass per sub-pixel) or "fast" (cached: one
@@ -271,11 +298,10 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
         raise ValueError("labels were given but the model is not class-conditional")
     else:
         labels = np.zeros([shape[0]], np.int32)
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
+    seed = random.SystemRandom().randrange(2**63) if seed is None else check_seed(seed)
     sampler = get_sampler(model, method, bool(greedy), conditional)
     out = sampler(tf.constant(images), tf.constant(k0, tf.int32),
-                  tf.constant(int(seed), tf.int64),
+                  tf.constant(seed, tf.int64),
                   tf.constant(temperature, tf.float32), tf.constant(labels))
     return out.numpy()
 

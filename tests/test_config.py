@@ -82,3 +82,79 @@ def test_shipped_configs_load():
         cfg = load_config(path)
         if cfg.data.dataset == "cifar10":
             check_model_fits_images(cfg.model, (32, 32, 3))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.seed=-1"], "train.seed=-1 is out of range: it must be >= 0"),
+    (["sample.seed=100000000000000000000"], "sample.seed=100000000000000000000 is out of "
+                                            "range: it must be <= 9223372036854775807"),
+    (["data.path=x.png"], "data.path='x.png' is only read when data.dataset=npz"),
+])
+def test_seed_range_and_path_without_npz(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_npz_path_override_selects_the_npz_dataset():
+    assert load_config(None, ["data.path=digits.npz"]).data.dataset == "npz"
+    with pytest.raises(ConfigError, match="only read when data.dataset=npz"):
+        load_config(None, ["data.path=digits.npz", "data.dataset=mnist5k"])
+
+
+def alias_bomb(levels):
+    """The "billion laughs" document: each level repeats the one before nine times."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nmodel:\n  type: *l{levels - 1}\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9])
+def test_alias_bombs_are_refused_without_expanding_them(tmp_path, levels):
+    import resource
+    import time
+    path = tmp_path / "bomb.yml"
+    path.write_text(alias_bomb(levels))
+    assert len(path.read_text()) < 600
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 10,000 YAML nodes") as err:
+        load_config(str(path))
+    assert time.perf_counter() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # < 50 MB
+    assert len(str(err.value)) < 300
+
+
+def test_modest_aliases_still_load(tmp_path):
+    path = tmp_path / "anchors.yml"
+    path.write_text("train:\n  steps: &n 40\n  eval_every: *n\n  checkpoint_every: *n\n")
+    cfg = load_config(str(path))
+    assert cfg.train.eval_every == cfg.train.checkpoint_every == 40
+
+
+def test_error_messages_cap_the_values_they_quote():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.type=" + "x" * 10_000])
+    assert len(str(err.value)) < 300 and "..." in str(err.value)
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "is a directory"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "is not a text file"),
+    (b"model: 5\n", "section 'model' must be a mapping of keys to values, got 5"),
+])
+def test_unusable_config_files(tmp_path, content, message):
+    path = tmp_path / "c.yml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path))
+
+
+def test_grey_models_whose_input_kernel_sees_nothing_are_refused():
+    cfg = load_config(None, ["model.input_kernel_size=1", "model.out_dim=63"])
+    check_model_fits_images(cfg.model, (32, 32, 3))  # G sees R, B sees R and G: fine
+    with pytest.raises(ConfigError, match="input_kernel_size=1 on grey images"):
+        check_model_fits_images(cfg.model, (28, 28, 1))
