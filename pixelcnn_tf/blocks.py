@@ -36,6 +36,10 @@ class PixelLayer(tf.Module):
 
     position_wise = False
     row_wise = False
+    # Class conditioning: the container adds a learned class bias to the input layer's
+    # features when ``condition_input`` and passes each layer a per-class vector of
+    # ``condition_width(h)`` values (``condition``; in a position step its colour group).
+    condition_input = True
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
@@ -45,8 +49,19 @@ class PixelLayer(tf.Module):
         self.kernel_size = kernel_size
 
     @staticmethod
-    def initial_state(features: tf.Tensor):
-        """Input-convolution features ``[B, H, W, 2h]`` → this type's state."""
+    def condition_width(hidden_dim: int) -> int:
+        return 2 * hidden_dim
+
+    @staticmethod
+    def make_input(hidden_dim: int, n_colors: int, kernel_size: int) -> tf.Module:
+        """The input layer: images ``[B, H, W, C]`` (preprocessed) → the features that
+        ``initial_state`` turns into the first state. Default: a kxk mask-A convolution
+        (C → 2h)."""
+        return MaskedConv2D(2 * hidden_dim, kernel_size, "A", n_colors, name="input_conv")
+
+    @staticmethod
+    def initial_state(features):
+        """The input layer's output (``[B, H, W, 2h]`` by default) → this type's state."""
         return features
 
     @staticmethod
@@ -121,32 +136,67 @@ class PixelCNNBlock(PixelLayer):
 
 
 def _gate(x: tf.Tensor, n_colors: int, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """Gated activation tanh(a + cond) · sigmoid(b), a and b taken per colour group:
-    ``[..., 2·D]`` → ``[..., D]``; ``condition`` ``[B, D]`` is added to a."""
-    a, b = split_colour_groups(x, n_colors, 2)
+    """Gated activation tanh(a) · sigmoid(b), a and b taken per colour group:
+    ``[..., 2·D]`` → ``[..., D]``. ``condition`` ``[B, 2·D]`` is added before the split, so
+    each half has its own class projection (equation 4 of the gated PixelCNN paper)."""
     if condition is not None:
-        a += per_image(condition, a)
+        x += per_image(condition, x)
+    a, b = split_colour_groups(x, n_colors, 2)
     return tf.tanh(a) * tf.sigmoid(b)
+
+
+class GatedInput(tf.Module):
+    """The first layer of the two stacks of the gated PixelCNN, from the image.
+
+    vertical:   an unmasked (k//2+1) x k convolution over image rows i-k//2..i (every
+                column and colour of the current row too: the vertical stack is only ever
+                read one row lower);
+    horizontal: a 1 x k mask-A convolution over the current row left of the pixel (and
+                the earlier colours of the pixel itself).
+    images ``[B, H, W, C]`` → (vertical, horizontal), both ``[B, H, W, 2h]``. In a
+    position step only the horizontal stack is computed (the vertical one enters through
+    the row states): ``[N, C]`` → (None, ``[N, 2h/n]``).
+    """
+
+    def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        k = kernel_size
+        self.kernel_size = (k, k)
+        with self.name_scope:
+            self.vertical = Conv2D(2 * hidden_dim, (k // 2 + 1, k), (k // 2, 0, k // 2, k // 2),
+                                   init_scale=2.0, name="vertical")
+            self.horizontal = MaskedConv2D(2 * hidden_dim, (1, k), "A", n_colors,
+                                           name="horizontal")
+
+    def __call__(self, x: tf.Tensor):
+        if active_step() is not None:
+            return None, self.horizontal(x)
+        return self.vertical(x), self.horizontal(x)
 
 
 @register_pixel_layer("gated_pixelcnn")
 class GatedPixelCNNBlock(PixelLayer):
     """The gated block of "Conditional Image Generation with PixelCNN Decoders" (van den
     Oord et al. 2016), with its two stacks; the state is ``(vertical, horizontal)``, both
-    ``[B, H, W, 2h]``, and both start from the input convolution's features.
+    ``[B, H, W, 2h]``, starting from ``GatedInput`` (an unmasked (k//2+1) x k convolution
+    of the image for the vertical stack, a 1 x k mask-A one for the horizontal stack).
 
     vertical:   v' = gate(V v),   V a (k//2+1) x k convolution over rows i-k//2..i (all
                 columns of the current row too; the vertical stack is only read one row
                 lower, so that is allowed).
     horizontal: h' = h + 1x1(gate(H h + 1x1(shift_down(V v)))),   H a 1 x k mask-B
                 convolution over the current row up to the current pixel (colour groups).
-    The vertical stack reaches every pixel above within its growing window, so the
-    PixelCNN's blind spot disappears. Gates are tanh·sigmoid per colour group; a class
-    bias (``condition`` ``[B, 2h]``) enters both tanh halves. Masks are applied inside
-    ``__call__`` (not as constraints after optimizer steps).
+    Receptive field of the output at (i, j) after L blocks, with R = K//2 + L·(k//2) (K the
+    input kernel): every pixel of rows i-1-R..i-1 in columns j-R..j+R, the pixels j-R..j-1
+    of row i and the earlier colours of (i, j); nothing else (tested exactly). Gates are
+    tanh·sigmoid per colour group; a class vector (``condition`` ``[B, 8h]``: 4h per
+    stack) enters both halves of both gates through separate learned projections.
+    Masks are applied inside ``__call__`` (not as constraints after optimizer steps).
     """
 
     row_wise = True
+    condition_input = False  # conditioning enters every gate instead
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
@@ -161,25 +211,39 @@ class GatedPixelCNNBlock(PixelLayer):
             self.horizontal_out = MaskedConv2D(width, 1, "B", n_colors, name="h_out")
 
     @staticmethod
-    def initial_state(features: tf.Tensor):
-        return features, features
+    def condition_width(hidden_dim: int) -> int:
+        return 8 * hidden_dim  # tanh and sigmoid halves (2h each) of both stacks
+
+    @staticmethod
+    def make_input(hidden_dim: int, n_colors: int, kernel_size: int) -> tf.Module:
+        return GatedInput(hidden_dim, n_colors, kernel_size, name="input_conv")
 
     @staticmethod
     def features(state) -> tf.Tensor:
         return state[1]
+
+    @staticmethod
+    def _conditions(condition: Optional[tf.Tensor], n_colors: int):
+        """``[B, 8h]`` (colour groups of [vertical 4h/n | horizontal 4h/n]) → the vertical
+        and the horizontal stack's gate projections, ``[B, 4h]`` each."""
+        if condition is None:
+            return None, None
+        return split_colour_groups(condition, n_colors, 2)
 
     def __call__(self, state, condition: Optional[tf.Tensor] = None):
         v, h = state
         step = active_step()
         if step is not None:  # one sub-pixel: h [N, 2h/n] of colour group c
             _, from_above = step.row_state(self)  # [N, W, 4h]: 1x1(V v) of the row above
+            _, h_cond = self._conditions(condition, 1)
             h_pre = self.horizontal(h) + step.at_position(from_above, self.n_colors)
-            return v, h + self.horizontal_out(_gate(h_pre, 1, condition))
+            return v, h + self.horizontal_out(_gate(h_pre, 1, h_cond))
+        v_cond, h_cond = self._conditions(condition, self.n_colors)
         v_pre = self.vertical(v)  # [B, H, W, 4h]: rows up to the current one
         # The horizontal stack at row i sees the vertical stack of row i-1 only.
         h_pre = self.horizontal(h) + self.vertical_to_horizontal(shift_down(v_pre))
-        v_new = _gate(v_pre, self.n_colors, condition)  # [B, H, W, 2h]
-        h_new = h + self.horizontal_out(_gate(h_pre, self.n_colors, condition))
+        v_new = _gate(v_pre, self.n_colors, v_cond)  # [B, H, W, 2h]
+        h_new = h + self.horizontal_out(_gate(h_pre, self.n_colors, h_cond))
         return v_new, h_new
 
     def initial_row_state(self, batch, width, dtype):
@@ -198,7 +262,8 @@ class GatedPixelCNNBlock(PixelLayer):
         window = tf.concat([window[:, 1:], v_row], axis=1)  # rows r-k//2..r
         p = self.kernel_size // 2
         v_pre = self.vertical(window, padding=(0, 0, p, p))  # [N, 1, W, 4h]
-        v_new = _gate(v_pre, self.n_colors, condition)  # [N, 1, W, 2h]
+        v_cond, _ = self._conditions(condition, self.n_colors)
+        v_new = _gate(v_pre, self.n_colors, v_cond)  # [N, 1, W, 2h]
         return (window, self.vertical_to_horizontal(v_pre)[:, 0]), (v_new, None)
 
 
@@ -234,7 +299,8 @@ class RowLSTMBlock(_RecurrentPixelLayer):
     K_is is a 1 x k mask-B convolution of the current row (pixels up to the current one,
     colour groups) and K_ss a 1 x k convolution of the previous row's hidden state with
     zero padding at the row's ends only (it never reads the row below). Each state sees a
-    triangle of rows above widening by k//2 pixels a row.
+    triangle of rows above widening by k//2 pixels a row. As in the paper, K_is reads the
+    stream itself (no ReLU before it).
     """
 
     row_wise = True
@@ -254,11 +320,11 @@ class RowLSTMBlock(_RecurrentPixelLayer):
         step = active_step()
         if step is not None:  # one sub-pixel: state [N, 2h/n] of colour group c
             recurrent, cell = step.row_state(self)  # [N, W, 4h], [N, W, h]: row above
-            gates = (self.input_to_state(tf.nn.relu(state))
+            gates = (self.input_to_state(state)
                      + step.at_position(recurrent, self.n_colors))  # [N, 4h/n]
             hidden, _ = _lstm_update(gates, step.at_position(cell, self.n_colors), 1)
             return self._residual(state, hidden, condition)
-        x_gates = self.input_to_state(tf.nn.relu(state))  # [B, H, W, 4h]
+        x_gates = self.input_to_state(state)  # [B, H, W, 4h]
         batch, width = tf.shape(state)[0], state.shape[2]
         self.state_to_state(tf.zeros([1, 1, width, self.hidden_dim]))  # create variables
 
@@ -282,7 +348,7 @@ class RowLSTMBlock(_RecurrentPixelLayer):
     def row_update(self, row_state, state_row, condition=None):
         """The LSTM over row r (all columns) from the row state of row r - 1."""
         recurrent, cell = row_state
-        gates = self.input_to_state(tf.nn.relu(state_row))[:, 0] + recurrent  # [N, W, 4h]
+        gates = self.input_to_state(state_row)[:, 0] + recurrent  # [N, W, 4h]
         hidden, cell = _lstm_update(gates, cell, self.n_colors)  # [N, W, h] each
         out = self._residual(state_row, hidden[:, None], condition)  # [N, 1, W, 2h]
         return (self.state_to_state(hidden[:, None])[:, 0], cell), out
@@ -310,7 +376,12 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
     mask-B convolution and K_ss a 2x1 convolution of the previous column (the states of
     (i, j-1) and (i-1, j)). The right-to-left direction runs on the mirrored image; its
     whole output is moved down one row before the two are added, so a position sees only
-    rows above from it. Together they reach every earlier pixel (no blind spot).
+    rows above from it. From (i, j), together with the input convolution (kernel K), they
+    reach every pixel of rows i-2 and above, every pixel left of (i, j) in row i and row
+    i-1 but its last pixel (i-1, W-1), which is seen only when j >= W-1-K//2 (through the
+    input convolution; the paper's design has the same gap). No blind spot otherwise
+    (tested exactly). As in the paper, the input-to-state convolution reads the stream
+    itself (no ReLU before it).
     """
 
     row_wise = True
@@ -364,8 +435,7 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
         step = active_step()
         if step is not None:
             return self._position(step, state, condition)
-        x = tf.nn.relu(state)
-        forward, backward = self._directions(x, tf.reverse(x, axis=[2]))
+        forward, backward = self._directions(state, tf.reverse(state, axis=[2]))
         backward = tf.reverse(backward, axis=[2])
         hidden = forward + shift_down(backward)  # the right-to-left part: rows above only
         return self._residual(state, hidden, condition)
@@ -396,7 +466,7 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
         up, side, bias = self._recurrence(0, row_h.dtype)
         recurrent = (tf.matmul(tf.gather(above_f, j, axis=1), up)
                      + tf.matmul(left_h, side) + bias)  # [N, 4h]
-        gates = (self.input_to_state[0](tf.nn.relu(state))
+        gates = (self.input_to_state[0](state)
                  + position_group(recurrent, n))  # [N, 4h/n]
         hidden, cell = _lstm_update(gates, position_group(left_c, n), 1)  # [N, h/n]
         # Record colour group c of this pixel's forward state for the pixels to its right.
@@ -408,10 +478,9 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
     def row_update(self, row_state, state_row, condition=None):
         """Both LSTMs over row r, from the hidden states of row r - 1."""
         above_f, above_b, _, _ = row_state
-        x = tf.nn.relu(state_row)  # [N, 1, W, 2h]
         rows = []
         for direction in (0, 1):
-            gates = self.input_to_state[direction](x)[:, 0]  # [N, W, 4h]
+            gates = self.input_to_state[direction](state_row)[:, 0]  # [N, W, 4h]
             above = above_f if direction == 0 else above_b
             up, side, bias = self._recurrence(direction, gates.dtype)
             # Columns left to right (forward) or right to left (backward): [W, N, ·].

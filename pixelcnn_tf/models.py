@@ -15,15 +15,17 @@ class PixelRNN(tf.Module):
     """Autoregressive image model over sub-pixels in raster order, R < G < B.
 
     images ``[B, H, W, C]`` in [0, 1]
-      → kxk mask-A conv (C → 2h)                          (``input_kernel_size``)
+      → kxk mask-A conv (C → 2h)                          (``input_kernel_size``;
+                                                            gated: ``GatedInput``)
       → n_layers pixel layers of one registered type (2h → 2h)
       → ReLU → 1x1 mask-B conv (2h → out_dim) → ReLU → 1x1 mask-B conv (→ C·256)
       → logits ``[B, H, W, C, 256]``.
 
     Output ``[b, i, j, c]`` depends only on sub-pixels strictly before ``(i, j, c)``.
-    With ``num_classes > 0`` a learned per-class bias ``[2h]`` is added to the stream
-    after the input convolution and after every pixel layer (a position-independent
-    signal, so causality is unaffected).
+    With ``num_classes > 0`` a learned per-class vector enters the input features and
+    every pixel layer (``condition_width`` values per layer: a bias of the stream, or the
+    gated PixelCNN's gate projections); it is position-independent, so causality is
+    unaffected.
     """
 
     def __init__(self, image_shape: Sequence[int], layer_type: str = "pixelcnn",
@@ -46,8 +48,9 @@ class PixelRNN(tf.Module):
         layer_cls = get_pixel_layer(layer_type)
         self._layer_cls = layer_cls
         with self.name_scope:
-            self.input_conv = MaskedConv2D(2 * hidden_dim, input_kernel_size, "A", n_colors,
-                                           name="input_conv")
+            # A kxk mask-A convolution, or the layer type's own input layer (the gated
+            # PixelCNN's two stacks).
+            self.input_conv = layer_cls.make_input(hidden_dim, n_colors, input_kernel_size)
             self.pixel_layers = [
                 layer_cls(hidden_dim, n_colors, kernel_size, name=f"{layer_type}_{i}")
                 for i in range(n_layers)]
@@ -55,8 +58,12 @@ class PixelRNN(tf.Module):
             self.output_logits = MaskedConv2D(n_colors * N_LEVELS, 1, "B", n_colors,
                                               name="output_logits")
             if self.num_classes > 0:
+                # [classes, slots, width]: slot 0 biases the input features (when the type
+                # takes it), then one slot per pixel layer.
+                self._first_layer_slot = int(layer_cls.condition_input)
                 self.class_bias = tf.Variable(
-                    tf.zeros([self.num_classes, n_layers + 1, 2 * hidden_dim]),
+                    tf.zeros([self.num_classes, self._first_layer_slot + n_layers,
+                              layer_cls.condition_width(hidden_dim)]),
                     name="class_bias")
 
     def _check_inputs(self, images: tf.Tensor, labels) -> None:
@@ -87,17 +94,8 @@ class PixelRNN(tf.Module):
         stream and the logits ``[B, 256]`` of that colour at the end.
         """
         x = tf.cast(self.preprocess(images), self.compute_dtype)
-        bias = None
-        if self.num_classes > 0:
-            bias = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
-                           self.compute_dtype)  # [B, L+1, 2h]
-        features = self.input_conv(x)  # [B, H, W, 2h]
-        if bias is not None:
-            features += per_image(position_group(bias[:, 0], self.n_colors), features)
-        state = self._layer_cls.initial_state(features)
-        for i, layer in enumerate(self.pixel_layers):
-            condition = (None if bias is None
-                         else position_group(bias[:, i + 1], self.n_colors))  # [B, 2h]
+        state, conditions = self._initial_state(x, labels, position_group)
+        for layer, condition in zip(self.pixel_layers, conditions):
             state = layer(state, condition)
         features = self._layer_cls.features(state)  # [B, H, W, 2h]
         y = self.output_hidden(tf.nn.relu(features))  # [B, H, W, out_dim]
@@ -108,6 +106,22 @@ class PixelRNN(tf.Module):
         # [..., C*256] → [..., C, 256]: channel groups are contiguous per colour.
         return tf.reshape(y, tf.concat([shape[:-1], [self.n_colors, N_LEVELS]], axis=0))
 
+    def _initial_state(self, x: tf.Tensor, labels: Optional[tf.Tensor], group):
+        """The input layer on preprocessed images ``x`` → (the first pixel layer's state,
+        each pixel layer's class vector or None). ``group(values [B, D], n_colors)`` picks
+        what a layer sees of a per-image vector (its colour group in a position step)."""
+        conditions = [None] * len(self.pixel_layers)
+        features = self.input_conv(x)  # [B, H, W, 2h] (the gated type: both stacks)
+        if self.num_classes > 0:
+            bias = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
+                           self.compute_dtype)  # [B, slots, width]
+            first = self._first_layer_slot
+            if first:
+                features += per_image(group(bias[:, 0], self.n_colors), features)
+            conditions = [group(bias[:, first + i], self.n_colors)
+                          for i in range(len(self.pixel_layers))]
+        return self._layer_cls.initial_state(features), conditions
+
     @staticmethod
     def preprocess(images: tf.Tensor) -> tf.Tensor:
         """[0, 1] → [-1, 1]: what the layers in ``image_convs`` receive."""
@@ -115,8 +129,9 @@ class PixelRNN(tf.Module):
 
     @property
     def image_convs(self) -> List[MaskedConv2D]:
-        """The convolutions whose input is the (preprocessed) image itself."""
-        return [self.input_conv]
+        """The masked convolutions whose input is the (preprocessed) image itself."""
+        return [m for m in (self.input_conv, *self.input_conv.submodules)
+                if isinstance(m, MaskedConv2D)]
 
     @property
     def supports_fast_sampling(self) -> bool:
@@ -147,17 +162,12 @@ class PixelRNN(tf.Module):
         n, _, width, channels = x.shape
         # Image rows row-kh//2 .. row → the input convolution's features at row `row`.
         window = tf.slice(x, tf.stack([0, row, 0, 0]), [-1, kh // 2 + 1, width, channels])
-        features = self.input_conv(window)[:, -1:]  # [N, 1, W, 2h]
-        bias = None
-        if self.num_classes > 0:
-            bias = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
-                           self.compute_dtype)  # [N, L+1, 2h]
-            features += per_image(bias[:, 0], features)
-        state = self._layer_cls.initial_state(features)
+        state, conditions = self._initial_state(window, labels, lambda values, _: values)
+        # [N, kh//2+1, W, ·] → the last row [N, 1, W, ·] (rows above were only context).
+        state = tf.nest.map_structure(lambda t: t[:, -1:], state)
         new_states = []
-        for i, layer in enumerate(self.pixel_layers):
-            condition = None if bias is None else bias[:, i + 1]
-            layer_state, state = layer.row_update(row_state[i], state, condition)
+        for layer, layer_rows, condition in zip(self.pixel_layers, row_state, conditions):
+            layer_state, state = layer.row_update(layer_rows, state, condition)
             new_states.append(layer_state)
         return new_states
 

@@ -62,7 +62,7 @@ def test_row_lstm_matches_numpy(x):
     block = RowLSTMBlock(3, 3)
     block(x)
     randomise(block)
-    gates_in = masked(block.input_to_state, relu(x))  # [B, H, W, 12]
+    gates_in = masked(block.input_to_state, x)  # [B, H, W, 12]; no ReLU (as in the paper)
     w = block.state_to_state.kernel.numpy()[0]  # [3, h, 4h]
     b = block.state_to_state.bias.numpy()
     batch, height, width, _ = x.shape
@@ -97,7 +97,7 @@ def test_diagonal_bilstm_matches_numpy(x):
     block = DiagonalBiLSTMBlock(3, 3)
     block(x)
     randomise(block)
-    r = relu(x)
+    r = x  # no ReLU before the input-to-state convolution (the paper has none)
     forward = diagonal_reference(masked(block.input_to_state[0], r),
                                  block.state_to_state[0].kernel.numpy(),
                                  block.state_to_state[0].bias.numpy(), 3)
@@ -115,7 +115,8 @@ def test_gated_block_matches_numpy(x, rng):
     block((x, x))
     randomise(block)
     v = rng.normal(size=x.shape).astype(np.float32)
-    cond = rng.normal(size=(2, 6)).astype(np.float32)
+    cond = rng.normal(size=(2, 24)).astype(np.float32)  # [B, 8h]: [vertical | horizontal]
+    v_cond, h_cond = groups(cond, 3, 2)  # [B, 4h] each, colour-group-wise
     kv = block.vertical.kernel.numpy()  # [2, 3, 6, 24]
     v_pad = np.pad(v, ((0, 0), (1, 0), (1, 1), (0, 0)))  # rows i-1..i, columns j-1..j+1
     v_pre = sum(np.einsum("bhwc,co->bhwo", v_pad[:, a:a + 4, c:c + 5], kv[a, c])
@@ -125,14 +126,37 @@ def test_gated_block_matches_numpy(x, rng):
         + block.vertical_to_horizontal.bias.numpy()
     h_pre = masked(block.horizontal, x) + to_h
 
-    def gate(z):
-        a, b = groups(z, 3, 2)
-        return np.tanh(a + cond[:, None, None]) * sigmoid(b)
+    def gate(z, c):  # both halves get their own class projection
+        a, b = groups(z + c[:, None, None], 3, 2)
+        return np.tanh(a) * sigmoid(b)
 
     v_new, h_new = block((v, x), tf.constant(cond))
-    np.testing.assert_allclose(v_new.numpy(), gate(v_pre), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(h_new.numpy(), x + masked(block.horizontal_out, gate(h_pre)),
+    np.testing.assert_allclose(v_new.numpy(), gate(v_pre, v_cond), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h_new.numpy(),
+                               x + masked(block.horizontal_out, gate(h_pre, h_cond)),
                                rtol=1e-4, atol=1e-4)
+    # The class vector reaches the sigmoid halves too: changing only their part matters.
+    a_only = cond.reshape(2, 3, 2, 2, 2).copy()  # [B, colour, stack, half, d]
+    a_only[:, :, :, 1] = 0
+    assert not np.allclose(block((v, x), tf.constant(a_only.reshape(2, 24)))[0].numpy(),
+                           v_new.numpy())
+
+
+def test_gated_input_layer():
+    """Vertical: unmasked (K//2+1) x K over rows i-K//2..i; horizontal: 1 x K mask A."""
+    from pixelcnn_tf.blocks import GatedInput
+    gen = np.random.default_rng(1)
+    x = gen.normal(size=(2, 5, 6, 3)).astype(np.float32)
+    layer = GatedInput(3, 3, 5)
+    v, h = layer(tf.constant(x))
+    kv = layer.vertical.kernel.numpy()  # [3, 5, 3, 6]
+    assert kv.shape == (3, 5, 3, 6)
+    pad = np.pad(x, ((0, 0), (2, 0), (2, 2), (0, 0)))
+    expected = sum(np.einsum("bhwc,co->bhwo", pad[:, a:a + 5, c:c + 6], kv[a, c])
+                   for a in range(3) for c in range(5)) + layer.vertical.bias.numpy()
+    np.testing.assert_allclose(v.numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h.numpy(), masked(layer.horizontal, x), rtol=1e-4, atol=1e-4)
+    assert layer.horizontal.mode == "A" and layer.horizontal.kernel_size == (1, 5)
 
 
 def test_skew_round_trip(rng):
@@ -145,10 +169,11 @@ def test_skew_round_trip(rng):
 
 
 # -- receptive fields -------------------------------------------------------------------------
-def dependence(layer_type, i=5, j=4, shape=(8, 9)):
+def dependence(layer_type, i=5, j=4, shape=(8, 9), **model):
     """Which input pixels the output at (i, j) depends on: bool [H, W]."""
     tf.random.set_seed(0)
-    model = build_model(tiny_config(1, type=layer_type, n_layers=3).model, (*shape, 1))
+    config = tiny_config(1, type=layer_type, **{"n_layers": 3, **model})
+    model = build_model(config.model, (*shape, 1))
     gen = np.random.default_rng(0)
     x = tf.constant(gen.uniform(size=(4, *shape, 1)).astype(np.float32))
     proj = tf.constant(gen.normal(size=256).astype(np.float32))
@@ -173,10 +198,38 @@ def test_no_blind_spot(layer_type):
     assert all(dep[p] for p in NEAR)
 
 
+def gated_cone(i, j, shape, reach):
+    """The exact causal cone of the gated PixelCNN at (i, j): rows i-1-R..i-1 in columns
+    j-R..j+R, and columns j-R..j-1 of row i (R = K//2 + L·(k//2))."""
+    cone = np.zeros(shape, bool)
+    cone[max(i - 1 - reach, 0):i, max(j - reach, 0):j + reach + 1] = True
+    cone[i, max(j - reach, 0):j] = True
+    return cone
+
+
+@pytest.mark.parametrize("n_layers,kernel_size,input_kernel_size",
+                         [(3, 3, 3), (2, 3, 7), (1, 5, 3), (3, 3, 5)])
+def test_gated_field_is_exactly_the_causal_cone(n_layers, kernel_size, input_kernel_size):
+    """Interior pixels of the gated PixelCNN see every pixel of their cone (no blind spot:
+    before the paper's input layer, (i-1, j+R) was unseen while (i-2, j+R) was seen) and
+    nothing outside it."""
+    shape = (14, 17)
+    reach = input_kernel_size // 2 + n_layers * (kernel_size // 2)
+    for i, j in [(11, 8), (12, 9), (10, 8)]:
+        dep = dependence("gated_pixelcnn", i, j, shape, n_layers=n_layers,
+                         kernel_size=kernel_size, input_kernel_size=input_kernel_size)
+        np.testing.assert_array_equal(dep, gated_cone(i, j, shape, reach))
+
+
 def test_diagonal_bilstm_sees_whole_rows_above():
-    dep = dependence("diagonal_bilstm")
-    assert dep[:4].all()  # every pixel of the rows i-2 and above
-    assert dep[4, :8].all()  # row i-1 but its last pixel, only seen from (i-1, W)
+    """Every pixel of the rows i-2 and above and of row i-1 but its last one, which only
+    the input convolution (kernel 3 here) reaches: from (i, j) with j >= W-1-K//2."""
+    width = 9
+    for j in range(width):
+        dep = dependence("diagonal_bilstm", 5, j, (8, width))
+        assert dep[:4].all() and dep[4, :width - 1].all()
+        assert dep[4, width - 1] == (j >= width - 1 - 3 // 2), j
+        assert dep[5, :j].all() and not dep[5, j:].any() and not dep[6:].any()
 
 
 def test_row_lstm_field_is_a_triangle():
