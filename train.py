@@ -29,41 +29,51 @@ def main(argv: Sequence[str]) -> int:
     # Under TF_CONFIG (several workers) the strategy must be created before any op runs.
     cli.import_tensorflow_quietly(initialize="TF_CONFIG" not in os.environ)
 
-    from pixelcnn_tf import data as data_lib
-    from pixelcnn_tf.config import ConfigError, load_config
-    from pixelcnn_tf.export import export_saved_model
-    from pixelcnn_tf.hardware import local_precision_warning
-    from pixelcnn_tf.models import count_parameters
-    from pixelcnn_tf.trainer import (SAVED_MODEL_DIR, Trainer, check_resume_compatible,
-                                     make_strategy, read_model_info)
+    from pixelcnn_tf import workdir as workdir_lib
+    from pixelcnn_tf.config import load_config
+    from pixelcnn_tf.trainer import is_chief_worker, make_strategy
 
     config = load_config(args.config, args.overrides)
     strategy = make_strategy(config.train.distribute)
-    cli.ensure_writable_dir(args.workdir)
-    check_resume_compatible(args.workdir, config)
+    workdir_lib.ensure_writable(args.workdir)
+    if not is_chief_worker(strategy):  # workers write to scratch; the chief holds the lock
+        return _run(args, config, strategy)
+    with workdir_lib.WorkdirLock(args.workdir):
+        for path in workdir_lib.remove_leftovers(args.workdir):
+            print(f"removed {path} (left by an interrupted run)")
+        return _run(args, config, strategy)
+
+
+def _run(args, config, strategy) -> int:
+    from pixelcnn_tf import data as data_lib
+    from pixelcnn_tf import workdir as workdir_lib
+    from pixelcnn_tf.config import ConfigError
+    from pixelcnn_tf.export import export_saved_model
+    from pixelcnn_tf.hardware import local_precision_warning
+    from pixelcnn_tf.models import count_parameters
+    from pixelcnn_tf.trainer import Trainer
+
+    workdir_lib.check_resume_compatible(args.workdir, config)
     train_split = data_lib.load_split(config.data, "train")
     val_split = data_lib.load_split(config.data, "validation")
-    if config.model.num_classes > 0 and train_split.num_classes == 0:
-        raise ConfigError(f"model.num_classes={config.model.num_classes} but "
-                          f"{config.data.dataset} has no labels; set model.num_classes=0")
-    try:
-        saved_shape = tuple(read_model_info(args.workdir)["image_shape"])
-    except FileNotFoundError:
-        saved_shape = None
-    if saved_shape and saved_shape != train_split.image_shape:
-        raise ConfigError(f"{config.data.dataset} images are {train_split.image_shape} but "
-                          f"the run in {args.workdir} was trained on {saved_shape}; use a new "
-                          f"--workdir")
+    data_lib.check_labels_fit(train_split, config.model.num_classes)
+    workdir_lib.check_image_shape(args.workdir, train_split.image_shape, config.data.dataset)
 
     trainer = Trainer(config, args.workdir, train_split.image_shape, strategy)
-    export_dir = trainer.worker_path(SAVED_MODEL_DIR)
+    export_dir = trainer.worker_path(workdir_lib.SAVED_MODEL_DIR)
+    restored = trainer.restore()
+    if restored:
+        print(f"{args.workdir}: {trainer.restored.describe()}")
     if args.export_only:
-        if not trainer.restore():
-            raise FileNotFoundError(f"{args.workdir} has no checkpoint to export; train first")
+        if not restored:
+            raise ConfigError(f"{args.workdir} has no checkpoint to export; train first")
         with trainer.inference_weights():
             export_saved_model(trainer.model, config, export_dir)
         print(f"exported step {trainer.step} to {export_dir}")
         return 0
+    if not restored and config.train.steps == 0:
+        raise ConfigError("train.steps=0 on a new run would export an untrained model; set "
+                          "train.steps to the number of optimizer steps to train")
     trainer.check_disk_space()
     warning = local_precision_warning(config.train.mixed_precision)
     if warning:
@@ -71,7 +81,7 @@ def main(argv: Sequence[str]) -> int:
     if config.train.distribute != "none":
         print(f"train.distribute={config.train.distribute}: "
               f"{trainer.strategy.num_replicas_in_sync} replicas")
-    if trainer.restore():
+    if restored:
         print(f"resuming {args.workdir} from step {trainer.step}")
     else:
         print(f"new run in {args.workdir}: {config.model.type}, "

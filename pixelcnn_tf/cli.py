@@ -53,19 +53,6 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; the value is parsed as YAML)")
 
 
-def ensure_writable_dir(path: str) -> None:
-    from pixelcnn_tf.errors import ConfigError
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")  # workers may share a dir
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"--workdir {path} is not writable ({e.strerror}); choose "
-                          f"another directory") from None
-
-
 def run(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> None:
     """Runs ``main`` and turns user errors into one ``error:`` line and an exit code."""
     from pixelcnn_tf.errors import ConfigError, DataError, TrainingError

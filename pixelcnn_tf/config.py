@@ -325,16 +325,10 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(apply_overrides(raw, overrides))
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` so that readers see the old or the new file, never half."""
-    partial = f"{path}.{os.getpid()}.partial"
-    with open(partial, "w") as f:
-        f.write(text)
-    os.replace(partial, path)
-
-
 def save_config(config: Config, path: str) -> None:
-    """Writes the resolved config as plain YAML (``yaml.safe_dump``: reloadable anywhere)."""
+    """Writes the resolved config as plain YAML (``yaml.safe_dump``: reloadable anywhere),
+    atomically."""
+    from pixelcnn_tf.workdir import write_text_atomically
     write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 

@@ -64,6 +64,11 @@ def _in_memory_split(images: np.ndarray, labels: np.ndarray, num_classes: int, s
         idx = np.arange(n)
     else:
         if validation_size >= n:
+            if split == "validation" and allow_all:
+                raise DataError(f"{what} has {n} images, too few to hold out a validation "
+                                f"split of data.validation_size={validation_size} and keep "
+                                f"training images; evaluate all of them with --split all "
+                                f"(the default for npz files)")
             raise DataError(f"data.validation_size={validation_size} leaves no training "
                             f"images: {what} has {n}; use a smaller value")
         order = np.random.default_rng(SPLIT_SEED).permutation(n)
@@ -90,11 +95,18 @@ def load_npz_images(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     if not path or not os.path.exists(path):
         raise DataError(f"data.path={path} does not exist; give an .npz file with an "
                         f"'images' array")
+    if os.path.isdir(path):
+        raise DataError(f"data.path={path} is a directory; give an .npz file with an "
+                        f"'images' array")
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):  # a plain .npy array, not an archive
+                raise ValueError("it holds one array, not named arrays")
             contents = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"data.path={path} is not a readable .npz file: {e}") from None
+    except Exception as e:  # zip, pickle and format errors of a damaged or foreign file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise DataError(f"data.path={path} is not a readable .npz file ({reason}); save "
+                        f"images with np.savez(path, images=uint8_array)") from None
     if "images" not in contents:
         raise DataError(f"{path} has no 'images' array (it has: "
                         f"{', '.join(contents) or 'nothing'}); save it with "
@@ -108,8 +120,7 @@ def load_npz_images(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     if images.dtype != np.uint8:
         if not np.issubdtype(images.dtype, np.integer):
             raise DataError(f"{path}: images must be uint8 intensities 0..255, got dtype "
-                            f"{images.dtype} (scale floats with (x * 255).round()"
-                            f".astype(np.uint8))")
+                            f"{images.dtype}; {_float_advice(images)}")
         if images.min() < 0 or images.max() > 255:
             raise DataError(f"{path}: images hold values outside 0..255 "
                             f"({images.min()}..{images.max()})")
@@ -120,7 +131,42 @@ def load_npz_images(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"{path}: labels must be {len(images)} integers, got shape "
                             f"{contents['labels'].shape} dtype {labels.dtype}")
+        if labels.min() < 0 or labels.max() > MAX_LABEL:
+            raise DataError(f"{path}: labels must be class ids 0..{MAX_LABEL}, got "
+                            f"{labels.min()}..{labels.max()}")
     return images, labels
+
+
+MAX_LABEL = 2**31 - 1  # labels travel as int32
+
+
+def _float_advice(images: np.ndarray) -> str:
+    """How to turn these float images into uint8, judged from their range."""
+    finite = images[np.isfinite(images)] if images.size else images
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if finite.size != images.size:
+        return "they hold NaN or infinite values"
+    if 0 <= lo and hi <= 1:
+        return (f"they lie in {lo:g}..{hi:g}: scale them with "
+                f"(x * 255).round().astype(np.uint8)")
+    if 0 <= lo and hi <= 255:
+        return (f"they lie in {lo:g}..{hi:g}, already intensities: convert them with "
+                f"x.round().astype(np.uint8) (not x * 255)")
+    return f"they lie in {lo:g}..{hi:g}, outside 0..1 and 0..255: rescale them to 0..255"
+
+
+def check_labels_fit(split: "Split", num_classes: int) -> None:
+    """Class-conditional models need labels, all below ``num_classes``."""
+    if num_classes == 0:
+        return
+    if split.num_classes == 0:
+        raise DataError(f"the model is class-conditional (model.num_classes={num_classes}) "
+                        f"but these {split.name} images have no labels; add a 'labels' "
+                        f"array to the .npz, or use an unconditional run")
+    if split.num_classes > num_classes:
+        raise DataError(f"these images have labels up to {split.num_classes - 1} but the "
+                        f"model knows classes 0..{num_classes - 1} (model.num_classes="
+                        f"{num_classes}); relabel them or train with more classes")
 
 
 def _load_npz(path: str, split: str, validation_size: int) -> Split:

@@ -1,13 +1,7 @@
 """The Trainer: optimizer and schedule, checkpoints, TensorBoard, evaluation.
 
-Workdir layout::
-
-  config.yml        the resolved config (yaml.safe_dump; what evaluate.py reloads)
-  model_info.json   image shape, classes and parameter count of the model
-  checkpoints/      tf.train.CheckpointManager: model, optimizer (with its step), RNG
-  train/ validation/  TensorBoard event files
-  samples/          PNG sample grids, one per sampling step
-  saved_model/      the exported SavedModel (see export.py)
+The run directory's layout and rules (lock, checkpoint recovery, resume checks) live in
+``pixelcnn_tf.workdir``.
 """
 from __future__ import annotations
 
@@ -29,19 +23,14 @@ import tensorflow as tf
 
 from pixelcnn_tf import data as data_lib
 from pixelcnn_tf import viz
-from pixelcnn_tf.config import (Config, ConfigError, check_model_fits_images,
-                                config_to_dict, read_yaml, save_config,
-                                write_text_atomically)
+from pixelcnn_tf import workdir as workdir_lib
+from pixelcnn_tf.config import Config, ConfigError, check_model_fits_images, save_config
 from pixelcnn_tf.errors import TrainingError
 from pixelcnn_tf.likelihood import bits_per_dim, mean_bits_per_dim, nll_per_image
 from pixelcnn_tf.models import build_model, count_parameters
 from pixelcnn_tf.sampling import generate_images
+from pixelcnn_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, SAMPLES_DIR
 
-CONFIG_FILE = "config.yml"
-MODEL_INFO_FILE = "model_info.json"
-CHECKPOINT_DIR = "checkpoints"
-SAMPLES_DIR = "samples"
-SAVED_MODEL_DIR = "saved_model"
 COMPUTE_DTYPES = {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 LOSS_SCALE_GROWTH_STEPS = 2000
 
@@ -62,29 +51,6 @@ def learning_rate_schedule(train_config) -> tf.keras.optimizers.schedules.Learni
     return tf.keras.optimizers.schedules.ExponentialDecay(
         train_config.learning_rate, decay_steps=train_config.lr_decay_steps,
         decay_rate=train_config.lr_decay_rate)
-
-
-def read_model_info(workdir: str) -> dict:
-    path = os.path.join(workdir, MODEL_INFO_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} holds no trained run ({MODEL_INFO_FILE} is "
-                                f"missing); train first with train.py --workdir {workdir}")
-    with open(path) as f:
-        return json.load(f)
-
-
-def check_resume_compatible(workdir: str, config: Config) -> None:
-    """Refuses to resume a run whose saved model settings differ from ``config``."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    saved = read_yaml(path).get("model", {})
-    for key, value in config_to_dict(config)["model"].items():
-        if key in saved and saved[key] != value:
-            raise ConfigError(
-                f"model.{key}={value!r} differs from the run in {workdir} "
-                f"(model.{key}={saved[key]!r}); use a new --workdir, or keep "
-                f"model.{key}={saved[key]!r} to resume")
 
 
 class WeightAverage(tf.Module):
@@ -136,7 +102,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices)
 
 
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+def is_chief_worker(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
@@ -165,7 +131,145 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-class Trainer:
+class _LogWindow:
+    """Running sums between two training log lines (applied steps only for the loss)."""
+
+    def __init__(self):
+        self.loss, self.steps, self.time, self.waited = 0.0, 0, 0.0, 0.0
+
+    def add(self, loss: float, seconds: float, waited: float, applied: bool) -> None:
+        self.time += seconds
+        self.waited += waited
+        if applied:
+            self.loss += loss
+            self.steps += 1
+
+
+class _BadSteps:
+    """Counts skipped (non-finite) batches in a row and stops the run after ``limit``.
+
+    float16: a batch whose loss is finite but whose gradients overflow halves the loss
+    scale and is retried without counting while the halved scale is still above its floor
+    of 1 (at most log2(scale) such retries in a row); at the floor such batches count like
+    any other, so a run can never skip forever.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
+
+    def reset(self) -> None:
+        self.count = 0
+
+    def skipped(self, step: int, loss: float, grad_norm: float, loss_scale) -> str:
+        if loss_scale is not None and math.isfinite(loss) and float(loss_scale) > 1.0:
+            return (f"step {step}: float16 gradients overflowed; loss scale halved to "
+                    f"{float(loss_scale):g}, batch retried")
+        self.count += 1
+        if self.count >= self.limit:
+            raise TrainingError(
+                f"the loss or gradient was non-finite for {self.count} batches in a row at "
+                f"step {step}; no step was applied and the last checkpoint is untouched. "
+                f"Lower train.learning_rate (or train in float32) and resume from the workdir.")
+        return (f"step {step}: non-finite loss ({loss:.4g}) or gradient norm "
+                f"({grad_norm:.4g}); batch skipped ({self.count}/{self.limit})")
+
+
+class ModelRun:
+    """What evaluation and sampling need of a run: ``model``, ``average`` (or None),
+    ``config``, ``image_shape``, ``conditional`` and ``eval_step``. The Trainer is one;
+    ``load_trained`` makes one from a workdir without an optimizer."""
+
+    model: tf.Module
+    average: Optional["WeightAverage"]
+    config: Config
+    image_shape: tuple
+    conditional: bool
+
+    def _make_eval_step(self):
+        signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
+                     tf.TensorSpec([None], tf.int32)]
+        return tf.function(self._eval_step, input_signature=signature)
+
+    def _logits(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        inputs = tf.cast(images, tf.float32) / 255.0  # uint8 → [0, 1]
+        return self.model(inputs, labels if self.conditional else None)
+
+    def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """NLL in nats of each image ``[B]``."""
+        return nll_per_image(self._logits(images, labels), images)
+
+    def inference_weights(self):
+        """Context in which the model holds the weights used for evaluation, sampling and
+        export: the moving averages when ``train.ema_decay > 0``, else the weights."""
+        if self.average is None:
+            return contextlib.nullcontext()
+        return self.average.swapped_in()
+
+    def evaluate(self, dataset: tf.data.Dataset, max_batches: int = 0) -> EvalResult:
+        """Exact bits/dim over ``dataset`` (batches of (uint8 images, labels)): the summed
+        NLL of every sub-pixel of every image / (N·H·W·C·ln 2). ``max_batches=0``: all."""
+        total, count = 0.0, 0
+        for b, (images, labels) in enumerate(dataset):
+            if max_batches and b >= max_batches:
+                break
+            nats = self.eval_step(images, labels).numpy().astype(np.float64)
+            total += float(nats.sum())
+            count += len(nats)
+        if count == 0:
+            raise ValueError("the evaluation dataset is empty")
+        dims = count * int(np.prod(self.image_shape))
+        return EvalResult(bits_per_dim(total, dims), count, dims, total)
+
+    def sample(self, n_images: Optional[int] = None, labels=None) -> np.ndarray:
+        s = self.config.sample
+        n = n_images or s.n_images
+        if self.conditional and labels is None:
+            labels = np.arange(n) % self.config.model.num_classes
+        return generate_images(self.model, self.image_shape[:2], n, self.image_shape[2],
+                               seed=s.seed, temperature=s.temperature, method=s.method,
+                               labels=labels)
+
+
+
+@dataclasses.dataclass
+class TrainedModel(ModelRun):
+    """A run's model restored for evaluation and sampling (no optimizer)."""
+    model: tf.Module
+    average: Optional["WeightAverage"]
+    config: Config
+    image_shape: tuple
+    restored: workdir_lib.Restored
+
+    def __post_init__(self):
+        self.conditional = self.config.model.num_classes > 0
+        self.eval_step = self._make_eval_step()
+
+    @property
+    def step(self) -> int:
+        return workdir_lib.checkpoint_step(self.restored.path)
+
+
+def load_trained(config: Config, workdir: str, image_shape: Sequence[int]) -> TrainedModel:
+    """Builds the model of ``config`` and restores the newest checkpoint of ``workdir`` that
+    restores completely (damaged newer ones are skipped and named, never moved: a run may
+    be training there). Raises ConfigError when there is none."""
+    image_shape = tuple(int(d) for d in image_shape)
+    check_model_fits_images(config.model, image_shape)
+    model = build_model(config.model, image_shape, COMPUTE_DTYPES[config.train.mixed_precision])
+    parts = {}
+    average = None
+    if config.train.ema_decay > 0:
+        average = WeightAverage(model.trainable_variables, config.train.ema_decay)
+        parts["average"] = average
+    checkpoint = tf.train.Checkpoint(model=model, **parts)
+    restored = workdir_lib.restore_newest(checkpoint, workdir, move_aside=False, partial=True)
+    if restored is None:
+        raise ConfigError(f"{workdir} has no checkpoint; train first with train.py "
+                          f"--workdir {workdir}")
+    return TrainedModel(model, average, config, image_shape, restored)
+
+
+class Trainer(ModelRun):
     """Owns a model, its Adam optimizer with an exponential-decay schedule, a
     ``tf.train.CheckpointManager`` and the TensorBoard writers of one workdir."""
 
@@ -177,7 +281,7 @@ class Trainer:
         self.image_shape = tuple(int(d) for d in image_shape)
         tf.random.set_seed(config.train.seed)  # deterministic initialisation
         self.strategy = strategy or make_strategy(config.train.distribute)
-        self.is_chief = _is_chief(self.strategy)
+        self.is_chief = is_chief_worker(self.strategy)
         # Every worker takes part in saving; only the chief writes into the workdir.
         self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="pixelcnn_worker_")
         replicas = self.strategy.num_replicas_in_sync
@@ -209,11 +313,12 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self.worker_path(CHECKPOINT_DIR),
             max_to_keep=config.train.keep_checkpoints)
+        self.restored: Optional[workdir_lib.Restored] = None
         signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
                      tf.TensorSpec([None], tf.int32)]
         self.train_step = tf.function(self._train_step, input_signature=signature)
         self.distributed_train_step = tf.function(self._distributed_train_step)
-        self.eval_step = tf.function(self._eval_step, input_signature=signature)
+        self.eval_step = self._make_eval_step()
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -231,16 +336,17 @@ class Trainer:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     def restore(self) -> bool:
-        """Restores the latest checkpoint of the workdir, if any. Returns whether it did."""
-        latest = tf.train.latest_checkpoint(os.path.join(self.workdir, CHECKPOINT_DIR))
-        if latest is None:
+        """Restores the newest checkpoint of the workdir that restores completely, moving
+        unreadable newer ones aside (the chief only; see ``workdir.restore_newest``).
+        Returns whether it restored one; ``self.restored`` says which and why."""
+        self.restored = workdir_lib.restore_newest(self.checkpoint, self.workdir,
+                                                   move_aside=self.is_chief)
+        if self.restored is None:
             return False
-        try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise ConfigError(f"checkpoint {latest} does not fit this model config "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]}); use a new "
-                              f"--workdir or the config the run was started with") from None
+        # The manager read TensorFlow's record before recovery rewrote it: start it again.
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.worker_path(CHECKPOINT_DIR),
+            max_to_keep=self.config.train.keep_checkpoints)
         return True
 
     def checkpoint_bytes(self) -> int:
@@ -250,23 +356,28 @@ class Trainer:
 
     def check_disk_space(self) -> None:
         """Fails before training when the workdir's disk cannot hold the checkpoints."""
-        need = self.checkpoint_bytes() * (self.config.train.keep_checkpoints + 1) + 50 * 2**20
-        free = shutil.disk_usage(self.workdir).free
-        if free < need:
-            raise ConfigError(
-                f"the disk of --workdir {self.workdir} has {free / 2**20:.0f} MiB free but "
-                f"{self.config.train.keep_checkpoints} checkpoints of this model need about "
-                f"{need / 2**20:.0f} MiB; free some space, choose another --workdir or lower "
-                f"train.keep_checkpoints")
+        keep = self.config.train.keep_checkpoints
+        workdir_lib.check_disk_space(
+            self.workdir, self.checkpoint_bytes() * (keep + 1) + 50 * 2**20,
+            f"{keep} checkpoints of this model (train.keep_checkpoints)")
 
     def save(self) -> str:
-        return self.manager.save(checkpoint_number=self.step)
+        """Writes a checkpoint of the current step. A failed write (a full disk) removes
+        its temporary files and raises TrainingError naming the last complete checkpoint,
+        which is untouched."""
+        try:
+            return self.manager.save(checkpoint_number=self.step)
+        except (tf.errors.OpError, OSError) as e:
+            workdir_lib.remove_leftovers(self.workdir)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            kept = self.manager.latest_checkpoint
+            kept = f"the last complete checkpoint {kept} is kept" if kept else \
+                "no earlier checkpoint exists"
+            raise TrainingError(f"could not write the checkpoint of step {self.step} "
+                                f"({reason}); {kept}. Free disk space in {self.workdir} and "
+                                f"run the same command to resume") from None
 
     # -- steps ---------------------------------------------------------------------------
-    def _logits(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        inputs = tf.cast(images, tf.float32) / 255.0  # uint8 → [0, 1]
-        return self.model(inputs, labels if self.conditional else None)
-
     def _loss_and_grads(self, images: tf.Tensor, labels: tf.Tensor, global_batch=None):
         """Loss in bits/dim and its gradients for (a replica's share of) a batch.
 
@@ -340,158 +451,124 @@ class Trainer:
         self.loss_scale.assign(scale)
         self._good_steps.assign(tf.where(grow, 0, good))
 
-    def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """NLL in nats of each image ``[B]``."""
-        return nll_per_image(self._logits(images, labels), images)
-
-    def inference_weights(self):
-        """Context in which the model holds the weights used for evaluation, sampling and
-        export: the moving averages when ``train.ema_decay > 0``, else the weights."""
-        if self.average is None:
-            return contextlib.nullcontext()
-        return self.average.swapped_in()
-
-    def evaluate(self, dataset: tf.data.Dataset, max_batches: int = 0) -> EvalResult:
-        """Exact bits/dim over ``dataset`` (batches of (uint8 images, labels)): the summed
-        NLL of every sub-pixel of every image / (N·H·W·C·ln 2). ``max_batches=0``: all."""
-        total, count = 0.0, 0
-        for b, (images, labels) in enumerate(dataset):
-            if max_batches and b >= max_batches:
-                break
-            nats = self.eval_step(images, labels).numpy().astype(np.float64)
-            total += float(nats.sum())
-            count += len(nats)
-        if count == 0:
-            raise ValueError("the evaluation dataset is empty")
-        dims = count * int(np.prod(self.image_shape))
-        return EvalResult(bits_per_dim(total, dims), count, dims, total)
-
-    def sample(self, n_images: Optional[int] = None, labels=None) -> np.ndarray:
-        s = self.config.sample
-        n = n_images or s.n_images
-        if self.conditional and labels is None:
-            labels = np.arange(n) % self.config.model.num_classes
-        return generate_images(self.model, self.image_shape[:2], n, self.image_shape[2],
-                               seed=s.seed, temperature=s.temperature, method=s.method,
-                               labels=labels)
-
     # -- the loop ------------------------------------------------------------------------
     def fit(self, train_split: data_lib.Split, val_split: Optional[data_lib.Split]) -> dict:
-        """Trains until ``train.steps`` optimizer steps, resuming from the workdir."""
-        cfg = self.config
+        """Trains until ``train.steps`` optimizer steps, resuming from the workdir: a
+        sequence of small periodic actions (log window, checkpoint, validation, samples)."""
+        cfg = self.config.train
+        self._write_run_files()
+        train_ds, train_step = self._train_input(train_split)
+        val_ds = None
+        if val_split is not None and self.is_chief:  # validation and samples: chief only
+            val_ds = data_lib.eval_pipeline(val_split, self.config.data.eval_batch_size)
+        writers = self._writers()
+        result: dict = {"start_step": self.step}
+        step = self.step
+        window = _LogWindow()
+        bad = _BadSteps(cfg.max_bad_steps)
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step",
+                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                   disable=step >= cfg.steps)
+        iterator = iter(train_ds)
+        stop = _StopRequest()
+        try:
+            while step < cfg.steps:
+                if stop.signal is not None:
+                    bar.write(f"received {stop.signal}: stopped after step {step}, saved "
+                              f"{self.save()}; run the same command again to resume")
+                    result["interrupted"] = stop.signal
+                    break
+                t0 = time.perf_counter()  # input + step only: eval / sampling excluded
+                images, labels = next(iterator)
+                waited = time.perf_counter() - t0  # waiting for the input pipeline
+                loss, grad_norm, applied = train_step(images, labels)
+                loss, applied = float(loss), bool(applied)
+                window.add(loss, time.perf_counter() - t0, waited, applied)
+                if not applied:
+                    bar.write(bad.skipped(step + 1, loss, float(grad_norm), self.loss_scale))
+                    continue
+                bad.reset()
+                step += 1
+                bar.update(1)
+                last = step == cfg.steps
+                if step % cfg.log_every == 0 or last:
+                    result.update(self._log(writers[0], step, window, float(grad_norm)))
+                    bar.set_postfix({"bits/dim": f"{result['train_bits_per_dim']:.3f}",
+                                     "img/s": f"{result['images_per_sec']:.0f}"},
+                                    refresh=False)
+                if step % cfg.checkpoint_every == 0 or last:
+                    self.save()
+                if val_ds is not None and (step % cfg.eval_every == 0 or last):
+                    result["validation"] = self._validate(val_ds, writers[1], step, bar)
+                if self.is_chief and (step % cfg.sample_every == 0 or last):
+                    with self.inference_weights():
+                        self._write_samples(writers[0], step)
+        finally:
+            stop.restore()
+            bar.close()
+            for writer in writers:
+                writer.flush()
+        result["step"] = step
+        return result
+
+    def _write_run_files(self) -> None:
+        """The resolved config and model_info.json (the chief only)."""
         if self.is_chief:
             os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
-            save_config(cfg, os.path.join(self.workdir, CONFIG_FILE))
-            write_text_atomically(os.path.join(self.workdir, MODEL_INFO_FILE), json.dumps(
-                {"image_shape": list(self.image_shape), "num_classes": cfg.model.num_classes,
-                 "parameters": count_parameters(self.model)}, indent=2))
-        start = self.step
+            save_config(self.config, os.path.join(self.workdir, CONFIG_FILE))
+            workdir_lib.write_model_info(self.workdir, self.image_shape,
+                                         self.config.model.num_classes,
+                                         count_parameters(self.model))
+
+    def _train_input(self, train_split: data_lib.Split):
+        """(the training batches, the step function that takes them)."""
+        cfg = self.config
         # A new shuffle seed per (re)start, drawn from the checkpointed generator.
         shuffle_seed = int(self.rng.uniform([], 0, 2**31 - 1, dtype=tf.int64).numpy())
         train_ds = data_lib.train_pipeline(train_split, cfg.data.batch_size,
                                            cfg.data.shuffle_buffer, shuffle_seed,
                                            cfg.data.cache_mb)
-        train_step = self.train_step
-        if cfg.train.distribute != "none":
-            options = tf.data.Options()  # each worker takes its share of every batch
-            options.experimental_distribute.auto_shard_policy = (
-                tf.data.experimental.AutoShardPolicy.DATA)
-            train_ds = self.strategy.experimental_distribute_dataset(
-                train_ds.with_options(options))
-            train_step = self.distributed_train_step
-        val_ds = (data_lib.eval_pipeline(val_split, cfg.data.eval_batch_size)
-                  if val_split is not None else None)
-        if self.is_chief:  # summaries, validation and samples are written once
-            train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "train"))
-            val_writer = tf.summary.create_file_writer(
-                os.path.join(self.workdir, "validation"))
-        else:
-            train_writer = val_writer = tf.summary.create_noop_writer()
-            val_ds = None
-        result: dict = {"start_step": start}
+        if cfg.train.distribute == "none":
+            return train_ds, self.train_step
+        options = tf.data.Options()  # each worker takes its share of every batch
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        return (self.strategy.experimental_distribute_dataset(train_ds.with_options(options)),
+                self.distributed_train_step)
 
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step",
-                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
-                   disable=start >= cfg.train.steps)
-        window_loss, window_steps, window_time, window_input = 0.0, 0, 0.0, 0.0
-        step = start
-        bad_steps = 0
-        iterator = iter(train_ds)
-        stop = _StopRequest()
-        try:
-            while step < cfg.train.steps:
-                if stop.signal is not None:
-                    path = self.save()
-                    bar.write(f"received {stop.signal}: stopped after step {step}, saved "
-                              f"{path}; run the same command again to resume")
-                    result["interrupted"] = stop.signal
-                    break
-                t0 = time.perf_counter()  # input + step only: eval / sampling excluded
-                images, labels = next(iterator)
-                window_input += time.perf_counter() - t0  # waiting for the input pipeline
-                loss, grad_norm, applied = train_step(images, labels)
-                loss = float(loss)
-                window_time += time.perf_counter() - t0
-                if not bool(applied) and self.loss_scale is not None and math.isfinite(loss):
-                    continue  # float16 overflow: the loss scale was halved; try again
-                if not bool(applied):
-                    bad_steps += 1
-                    bar.write(f"step {step + 1}: non-finite loss ({loss:.4g}) or gradient "
-                              f"norm ({float(grad_norm):.4g}); batch skipped "
-                              f"({bad_steps}/{cfg.train.max_bad_steps})")
-                    if bad_steps >= cfg.train.max_bad_steps:
-                        raise TrainingError(
-                            f"the loss or gradient was non-finite for {bad_steps} batches in "
-                            f"a row at step {step + 1}; no step was applied and the last "
-                            f"checkpoint is untouched. Lower train.learning_rate (or train "
-                            f"in float32) and resume from the workdir.")
-                    continue
-                bad_steps = 0
-                step += 1
-                window_loss += loss
-                window_steps += 1
-                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                    ips = window_steps * cfg.data.batch_size / max(window_time, 1e-9)
-                    mean_loss = window_loss / window_steps
-                    with train_writer.as_default(step=step):
-                        tf.summary.scalar("bits_per_dim", mean_loss)
-                        tf.summary.scalar("learning_rate",
-                                          float(self.optimizer.learning_rate.numpy()))
-                        tf.summary.scalar("grad_norm", float(grad_norm))
-                        tf.summary.scalar("images_per_sec", ips)
-                        # Share of the step time spent waiting for batches: near 0 when
-                        # the input pipeline keeps up with training.
-                        tf.summary.scalar("input_wait_fraction",
-                                          window_input / max(window_time, 1e-9))
-                    bar.set_postfix({"bits/dim": f"{mean_loss:.3f}", "img/s": f"{ips:.0f}"},
-                                    refresh=False)
-                    result["train_bits_per_dim"] = mean_loss
-                    result["images_per_sec"] = ips
-                    result["input_wait_fraction"] = window_input / max(window_time, 1e-9)
-                    window_loss, window_steps, window_time, window_input = 0.0, 0, 0.0, 0.0
-                bar.update(1)
-                last = step == cfg.train.steps
-                if step % cfg.train.checkpoint_every == 0 or last:
-                    self.save()
-                if val_ds is not None and (step % cfg.train.eval_every == 0 or last):
-                    with self.inference_weights():
-                        ev = self.evaluate(val_ds, cfg.train.eval_batches)
-                    with val_writer.as_default(step=step):
-                        tf.summary.scalar("bits_per_dim", ev.bits_per_dim)
-                    bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f} "
-                              f"({ev.num_images} images)")
-                    result["validation"] = ev.as_dict()
-                if self.is_chief and (step % cfg.train.sample_every == 0 or last):
-                    with self.inference_weights():
-                        self._write_samples(train_writer, step)
-        finally:
-            stop.restore()
-            bar.close()
-            train_writer.flush()
-            val_writer.flush()
-        result["step"] = step
-        return result
+    def _writers(self):
+        """TensorBoard writers (train, validation); no-op writers on non-chief workers."""
+        if not self.is_chief:
+            return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
+        return (tf.summary.create_file_writer(os.path.join(self.workdir, "train")),
+                tf.summary.create_file_writer(os.path.join(self.workdir, "validation")))
+
+    def _log(self, writer, step: int, window: "_LogWindow", grad_norm: float) -> dict:
+        """Writes the window's training summaries and starts a new window."""
+        ips = window.steps * self.config.data.batch_size / max(window.time, 1e-9)
+        figures = {"train_bits_per_dim": window.loss / max(window.steps, 1),
+                   "images_per_sec": ips,
+                   # Share of the step time spent waiting for batches: near 0 when the
+                   # input pipeline keeps up with training.
+                   "input_wait_fraction": window.waited / max(window.time, 1e-9)}
+        with writer.as_default(step=step):
+            tf.summary.scalar("bits_per_dim", figures["train_bits_per_dim"])
+            tf.summary.scalar("learning_rate", float(self.optimizer.learning_rate.numpy()))
+            tf.summary.scalar("grad_norm", grad_norm)
+            tf.summary.scalar("images_per_sec", ips)
+            tf.summary.scalar("input_wait_fraction", figures["input_wait_fraction"])
+        window.__init__()
+        return figures
+
+    def _validate(self, val_ds, writer, step: int, bar) -> dict:
+        with self.inference_weights():
+            ev = self.evaluate(val_ds, self.config.train.eval_batches)
+        with writer.as_default(step=step):
+            tf.summary.scalar("bits_per_dim", ev.bits_per_dim)
+        bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f} "
+                  f"({ev.num_images} images)")
+        return ev.as_dict()
 
     def _write_samples(self, writer, step: int) -> None:
         images = self.sample()

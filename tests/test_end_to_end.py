@@ -83,7 +83,8 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
     ev = run("evaluate.py", "--workdir", workdir, "--set", "data.dataset=npz",
              "--set", f"data.path={other}", "--samples", "3", "--out",
              str(tmp_path / "s.png"), "--completions", "2", "--completion-images", "3",
-             "--completion-out", str(tmp_path / "c.png"), "--set", "sample.method=fast")
+             "--completion-out", str(tmp_path / "c.png"), "--set", "sample.method=fast",
+             "--eval")
     assert ev.returncode == 0, ev.stderr
     assert "npz all:" in ev.stdout and "over 9 images" in ev.stdout
     assert json.load(open(os.path.join(workdir, "eval_npz_other_all.json")))["num_images"] == 9
@@ -126,7 +127,7 @@ def test_bfloat16_run_is_evaluated_in_float32(tmp_path):
 
     exact = run("evaluate.py", "--workdir", workdir, "--split", "validation")
     assert exact.returncode == 0, exact.stderr
-    assert "bits/dim over 6 images (step 4);" in exact.stdout  # no "bfloat16 arithmetic"
+    assert "bits/dim over 6 images (step 4)\n" in exact.stdout  # no "bfloat16 arithmetic"
     record = json.load(open(os.path.join(workdir, "eval_npz_tiny_validation.json")))
     assert record["mixed_precision"] == "none"
     fast = run("evaluate.py", "--workdir", workdir, "--split", "validation", "--set",
@@ -150,7 +151,7 @@ def test_every_layer_type_trains_evaluates_and_samples(tmp_path, layer_type):
                  f"model.type={layer_type}", "--set", "sample.method=fast", *width)
     assert result.returncode == 0, result.stderr
     assert f"new run in {workdir}: {layer_type}" in result.stdout
-    ev = run("evaluate.py", "--workdir", workdir, "--samples", "2", "--out",
+    ev = run("evaluate.py", "--workdir", workdir, "--samples", "2", "--eval", "--out",
              str(tmp_path / "s.png"))
     assert ev.returncode == 0, ev.stderr
     assert "bits/dim over 20 images" in ev.stdout

@@ -7,7 +7,8 @@ import tensorflow as tf
 from conftest import tiny_config
 from pixelcnn_tf import data as data_lib
 from pixelcnn_tf.config import ConfigError, load_config, save_config
-from pixelcnn_tf.trainer import Trainer, TrainingError, check_resume_compatible
+from pixelcnn_tf.trainer import Trainer, TrainingError
+from pixelcnn_tf.workdir import check_resume_compatible
 
 
 @pytest.fixture
