@@ -310,9 +310,9 @@ class Trainer(ModelRun):
             parts.update(loss_scale=self.loss_scale, good_steps=self._good_steps)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               rng=self.rng, **parts)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self.worker_path(CHECKPOINT_DIR),
-            max_to_keep=config.train.keep_checkpoints)
+        # Made by restore(), once recovery has repaired TensorFlow's checkpoint record
+        # (the manager reads it when it starts and fails on a garbled one).
+        self._manager: Optional[tf.train.CheckpointManager] = None
         self.restored: Optional[workdir_lib.Restored] = None
         signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
                      tf.TensorSpec([None], tf.int32)]
@@ -341,13 +341,17 @@ class Trainer(ModelRun):
         Returns whether it restored one; ``self.restored`` says which and why."""
         self.restored = workdir_lib.restore_newest(self.checkpoint, self.workdir,
                                                    move_aside=self.is_chief)
-        if self.restored is None:
-            return False
-        # The manager read TensorFlow's record before recovery rewrote it: start it again.
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self.worker_path(CHECKPOINT_DIR),
-            max_to_keep=self.config.train.keep_checkpoints)
-        return True
+        self._manager = None  # started again on the repaired record
+        return self.restored is not None
+
+    @property
+    def manager(self) -> tf.train.CheckpointManager:
+        """The CheckpointManager of the workdir (started after ``restore``)."""
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(
+                self.checkpoint, self.worker_path(CHECKPOINT_DIR),
+                max_to_keep=self.config.train.keep_checkpoints)
+        return self._manager
 
     def checkpoint_bytes(self) -> int:
         """Approximate size of one checkpoint: weights, Adam's two moments, averages."""

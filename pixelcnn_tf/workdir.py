@@ -302,18 +302,22 @@ def restore_newest(checkpoint, workdir: str, *, move_aside: bool,
         if not os.path.exists(prefix + ".index"):
             skipped.append((prefix, "its .index file is missing"))
             continue
+        try:  # every tensor read back (and CRC32C-checked) before anything is restored
+            reader = tf.train.load_checkpoint(prefix)
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)
+        except Exception as e:  # noqa: BLE001 - any failure to read means unreadable
+            skipped.append((prefix, _unreadable_reason(prefix, e)))
+            continue
         try:
             status = checkpoint.restore(prefix)
             if partial:
                 status.expect_partial()
             status.assert_existing_objects_matched()
-        except (AssertionError, ValueError) as e:
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise ConfigError(f"checkpoint {prefix} does not fit this model config "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use a "
                               f"new --workdir or the config the run was started with") from None
-        except (tf.errors.OpError, OSError) as e:
-            skipped.append((prefix, _unreadable_reason(prefix, e)))
-            continue
         moved = _move_aside(workdir, [p for p, _ in skipped]) if move_aside else []
         if move_aside:
             _rewrite_record(workdir, prefix)
