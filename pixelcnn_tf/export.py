@@ -10,7 +10,9 @@ The exported model needs only TensorFlow to load (``tf.saved_model.load``); it e
 Class-conditional models take ``labels`` (int32 [N] / [n]) in every signature. The
 batch size is dynamic everywhere. The config (``assets/config.yml``), the image shape and
 the number of classes are recorded in the SavedModel (attributes ``image_shape``,
-``num_classes``, ``config_yaml``, ``sampling_method``).
+``num_classes``, ``config_yaml``, ``sampling_method``: variables, read with ``.numpy()``).
+Images of another height, width or channel count fail with a message naming the expected
+shape, in the signatures and the attributes alike; float images are refused, never cast.
 """
 from __future__ import annotations
 
@@ -62,9 +64,27 @@ class ExportModule(tf.Module):
                     tf.debugging.assert_less(labels[0], model.num_classes,
                                              message="labels must be < num_classes")]
 
+        expected = f"[N, {height}, {width}, {channels}] uint8 (intensities 0..255)"
+
+        def check_images(images):
+            return [tf.debugging.assert_equal(
+                tf.shape(images)[1:], tf.constant([height, width, channels]),
+                message=f"images must be {expected}")]
+
+        def conform(images):
+            """images (checked by ``check_images`` first) with the model's static shape.
+            The cond hides a wrong static shape from shape inference, so the check above
+            fails with its message at run time instead of EnsureShape failing at trace."""
+            ok = tf.reduce_all(tf.equal(tf.shape(images)[1:], [height, width, channels]))
+            images = tf.cond(ok, lambda: images,
+                             lambda: tf.zeros([0, height, width, channels], images.dtype))
+            return tf.ensure_shape(images, [None, height, width, channels])
+
         def log_prob(images, *labels):
             """uint8 images [N, H, W, C] → bits/dim of each image, float32 [N]."""
-            with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
+            checks = check_images(images) + check_labels(labels, tf.shape(images)[0])
+            with tf.control_dependencies(checks):
+                images = conform(images)
                 inputs = tf.cast(images, tf.float32) / 255.0
                 logits = model(inputs, labels[0] if labels else None)
             return {"bits_per_dim": nll_per_image(logits, images) / (dims * math.log(2.0))}
@@ -82,22 +102,34 @@ class ExportModule(tf.Module):
         def complete(images, rows, seed, *labels):
             """Keeps the top ``rows`` rows of uint8 images [N, H, W, C], samples the rest."""
             n = tf.shape(images)[0]
-            checks = [tf.debugging.assert_greater_equal(rows, 0, message="rows must be >= 0"),
-                      tf.debugging.assert_less(rows, height,
-                                               message=f"rows must be < height {height}")]
+            checks = check_images(images) + [
+                tf.debugging.assert_greater_equal(rows, 0, message="rows must be >= 0"),
+                tf.debugging.assert_less(rows, height, message=f"rows must be < height {height}")]
             with tf.control_dependencies(checks + check_labels(labels, n)):
                 start = rows * width * channels
+                images = conform(images)
             return {"images": self._sampler(tf.cast(images, tf.int32), start, seed,
                                             tf.constant(1.0), labels_or_zeros(labels, n))}
 
         scalar = tf.TensorSpec([], tf.int32, name="n")
-        self.log_prob = tf.function(log_prob, input_signature=[images_spec, *labels_spec])
+        seed_spec = tf.TensorSpec([], tf.int64, name="seed")
         self.sample = tf.function(sample, input_signature=[
-            scalar, tf.TensorSpec([], tf.int64, name="seed"),
-            tf.TensorSpec([], tf.float32, name="temperature"), *labels_spec])
-        self.complete = tf.function(complete, input_signature=[
-            images_spec, tf.TensorSpec([], tf.int32, name="rows"),
-            tf.TensorSpec([], tf.int64, name="seed"), *labels_spec])
+            scalar, seed_spec, tf.TensorSpec([], tf.float32, name="temperature"), *labels_spec])
+        # log_prob and complete are traced for uint8 images of the model's shape (the
+        # signatures) and of any shape (attribute calls), so a wrong height, width or
+        # channel count reaches the shape check and its message; float images match no
+        # trace and are refused (never cast to uint8).
+        any_images = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
+        self.log_prob = tf.function(log_prob)
+        self.complete = tf.function(complete)
+        for spec in (images_spec, any_images):
+            self.log_prob.get_concrete_function(spec, *labels_spec)
+            self.complete.get_concrete_function(
+                spec, tf.TensorSpec([], tf.int32, name="rows"), seed_spec, *labels_spec)
+        self._signature_specs = {
+            "log_prob": [images_spec, *labels_spec],
+            "complete": [images_spec, tf.TensorSpec([], tf.int32, name="rows"), seed_spec,
+                         *labels_spec]}
 
 
 def export_saved_model(model, config: Config, path: str) -> str:
@@ -116,11 +148,13 @@ def export_saved_model(model, config: Config, path: str) -> str:
         with open(config_file, "w") as f:
             f.write(module.config_yaml.numpy().decode())
         module.config_asset = tf.saved_model.Asset(config_file)
+        log_prob = module.log_prob.get_concrete_function(*module._signature_specs["log_prob"])
         tf.saved_model.save(module, staging, signatures={
-            "serving_default": module.log_prob.get_concrete_function(),
-            "log_prob": module.log_prob.get_concrete_function(),
+            "serving_default": log_prob,
+            "log_prob": log_prob,
             "sample": module.sample.get_concrete_function(),
-            "complete": module.complete.get_concrete_function(),
+            "complete": module.complete.get_concrete_function(
+                *module._signature_specs["complete"]),
         })
         if os.path.exists(path):
             shutil.rmtree(path)

@@ -111,7 +111,7 @@ def test_bad_inputs_fail_at_the_signature(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a uint8 tensor"):
         log_prob(images=tf.zeros([2, *SHAPE], tf.float32))
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError),
-                       match=r"\(None, 5, 4, 3\)|incompatible|shape"):
+                       match=r"images must be \[N, 5, 4, 3\] uint8"):
         loaded.log_prob(tf.zeros([2, 6, 4, 3], tf.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="rows must be < height 5"):
         loaded.signatures["complete"](images=tf.zeros([1, *SHAPE], tf.uint8),
@@ -135,3 +135,30 @@ def test_saved_model_cli_lists_the_signatures(tmp_path):
     for name in ("log_prob", "sample", "complete", "serving_default"):
         assert f"signature_def['{name}']" in result.stdout
     assert "bits_per_dim" in result.stdout and "(-1, 5, 4, 3)" in result.stdout
+
+
+def test_wrong_sizes_and_float_images_are_refused_everywhere(tmp_path):
+    """Issue: signatures["log_prob"] scored 32x32 images with a 28x28 model, and the
+    attribute path cast float images in [0, 1] to uint8 zeros."""
+    trainer = trained_trainer(tmp_path)
+    loaded = tf.saved_model.load(export_saved_model(trainer.model, trainer.config,
+                                                    str(tmp_path / "sm")))
+    message = r"images must be \[N, 5, 4, 3\] uint8"
+    for bad in ([2, 6, 4, 3], [2, 5, 5, 3], [2, 5, 4, 1]):
+        images = tf.zeros(bad, tf.uint8)
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+            loaded.signatures["log_prob"](images=images)
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+            loaded.log_prob(images)
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+            loaded.signatures["complete"](images=images, rows=tf.constant(1),
+                                          seed=tf.constant(0, tf.int64))
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+            loaded.complete(images, tf.constant(1), tf.constant(0, tf.int64))
+    floats = np.full([2, *SHAPE], 0.5, np.float32)
+    for attempt in (lambda: loaded.log_prob(floats), lambda: loaded.log_prob(floats * 255),
+                    lambda: loaded.log_prob(floats.astype(np.float64))):
+        with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
+            attempt()
+    good = loaded.log_prob(np.zeros([2, *SHAPE], np.uint8))
+    assert good.numpy().shape == (2,) if not isinstance(good, dict) else True
