@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from pixelcnn_tf.masks import get_mask
 
@@ -66,7 +67,9 @@ def save_grid(images: np.ndarray, path: str, title: Optional[str] = None) -> Non
 def mask_figure(kernel_size: int = 5, n_colors: int = 3, mode: str = "B") -> Figure:
     """The mask of each (input colour → output colour) pair, as in the PixelRNN paper.
 
-    Row = input colour group, column = output colour group; white taps are connected.
+    Row = input colour group, column = output colour group; white taps are connected;
+    the centre tap, where mask A and mask B differ, is outlined in red. Returns a Figure:
+    save it with ``fig.savefig("mask.png")``.
     """
     mask = get_mask(kernel_size, n_colors, n_colors, mode, n_colors)  # one map per colour
     names = COLOUR_NAMES[n_colors]
@@ -80,7 +83,12 @@ def mask_figure(kernel_size: int = 5, n_colors: int = 3, mode: str = "B") -> Fig
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{names[i]} → {names[o]}", fontsize=9)
-    fig.suptitle(f"mask {mode}, {kernel_size}x{kernel_size}", fontsize=10)
+            # The centre tap is where mask A and mask B differ: outline it.
+            c = kernel_size // 2
+            ax.add_patch(Rectangle((c - 0.5, c - 0.5), 1, 1, fill=False, edgecolor="red",
+                                   linewidth=1.5))
+    fig.suptitle(f"mask {mode}, {kernel_size}x{kernel_size}: white = connected, "
+                 f"red = centre tap", fontsize=9)
     return fig
 
 

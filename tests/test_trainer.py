@@ -206,3 +206,18 @@ def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"has 1 MiB free but 3 checkpoints .* need about "
                                           r"\d+ MiB; free some space"):
         trainer.check_disk_space()
+
+
+def test_float16_overflow_retries_are_bounded():
+    """A finite loss with overflowing gradients is retried for free only while halving
+    the loss scale can help; at the floor (1.0) it counts, so a run cannot skip forever."""
+    from pixelcnn_tf.trainer import _BadSteps
+    bad = _BadSteps(limit=3)
+    assert "retried" in bad.skipped(1, 2.0, float("inf"), 2.0**14)
+    assert bad.count == 0
+    assert "skipped (1/3)" in bad.skipped(1, 2.0, float("inf"), 1.0)
+    assert "skipped (2/3)" in bad.skipped(1, float("nan"), float("nan"), 2.0**10)
+    with pytest.raises(TrainingError, match="non-finite for 3 batches"):
+        bad.skipped(1, 2.0, float("inf"), 1.0)
+    bad.reset()
+    assert "skipped (1/3)" in bad.skipped(5, float("nan"), 1.0, None)  # float32 run
