@@ -145,6 +145,13 @@ def _gate(x: tf.Tensor, n_colors: int, condition: Optional[tf.Tensor] = None) ->
     return tf.tanh(a) * tf.sigmoid(b)
 
 
+def _vertical_conv(features_out: int, k: int, init_scale: float, name: str) -> Conv2D:
+    """An unmasked (k//2+1) x k convolution whose output at row i reads rows i-k//2..i
+    (all columns, k//2 padding at the sides): the gated PixelCNN's vertical stack."""
+    return Conv2D(features_out, (k // 2 + 1, k), (k // 2, 0, k // 2, k // 2),
+                  init_scale=init_scale, name=name)
+
+
 class GatedInput(tf.Module):
     """The first layer of the two stacks of the gated PixelCNN, from the image.
 
@@ -164,8 +171,7 @@ class GatedInput(tf.Module):
         k = kernel_size
         self.kernel_size = (k, k)
         with self.name_scope:
-            self.vertical = Conv2D(2 * hidden_dim, (k // 2 + 1, k), (k // 2, 0, k // 2, k // 2),
-                                   init_scale=2.0, name="vertical")
+            self.vertical = _vertical_conv(2 * hidden_dim, k, 2.0, "vertical")
             self.horizontal = MaskedConv2D(2 * hidden_dim, (1, k), "A", n_colors,
                                            name="horizontal")
 
@@ -203,8 +209,7 @@ class GatedPixelCNNBlock(PixelLayer):
         super().__init__(hidden_dim, n_colors, kernel_size, name=name)
         width, k = 2 * hidden_dim, kernel_size
         with self.name_scope:
-            self.vertical = Conv2D(2 * width, (k // 2 + 1, k), (k // 2, 0, k // 2, k // 2),
-                                   name="vertical")
+            self.vertical = _vertical_conv(2 * width, k, 1.0, "vertical")
             self.vertical_to_horizontal = Conv2D(2 * width, (1, 1), name="v_to_h")
             self.horizontal = MaskedConv2D(2 * width, (1, k), "B", n_colors, init_scale=1.0,
                                            name="horizontal")

@@ -66,25 +66,22 @@ class ExportModule(tf.Module):
 
         expected = f"[N, {height}, {width}, {channels}] uint8 (intensities 0..255)"
 
-        def check_images(images):
-            return [tf.debugging.assert_equal(
-                tf.shape(images)[1:], tf.constant([height, width, channels]),
-                message=f"images must be {expected}")]
-
         def conform(images):
-            """images (checked by ``check_images`` first) with the model's static shape.
-            The cond hides a wrong static shape from shape inference, so the check above
-            fails with its message at run time instead of EnsureShape failing at trace."""
-            ok = tf.reduce_all(tf.equal(tf.shape(images)[1:], [height, width, channels]))
-            images = tf.cond(ok, lambda: images,
-                             lambda: tf.zeros([0, height, width, channels], images.dtype))
+            """images checked against the model's [H, W, C] (the message names it) and
+            given its static shape. The cond hides a wrong static shape from shape
+            inference, so the check fails with its message at run time instead of
+            EnsureShape failing at trace time."""
+            shape, want = tf.shape(images)[1:], tf.constant([height, width, channels])
+            check = tf.debugging.assert_equal(shape, want, message=f"images must be {expected}")
+            with tf.control_dependencies([check]):
+                images = tf.cond(tf.reduce_all(tf.equal(shape, want)), lambda: images,
+                                 lambda: tf.zeros([0, height, width, channels], images.dtype))
             return tf.ensure_shape(images, [None, height, width, channels])
 
         def log_prob(images, *labels):
             """uint8 images [N, H, W, C] → bits/dim of each image, float32 [N]."""
-            checks = check_images(images) + check_labels(labels, tf.shape(images)[0])
-            with tf.control_dependencies(checks):
-                images = conform(images)
+            images = conform(images)
+            with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
                 inputs = tf.cast(images, tf.float32) / 255.0
                 logits = model(inputs, labels[0] if labels else None)
             return {"bits_per_dim": nll_per_image(logits, images) / (dims * math.log(2.0))}
@@ -102,12 +99,12 @@ class ExportModule(tf.Module):
         def complete(images, rows, seed, *labels):
             """Keeps the top ``rows`` rows of uint8 images [N, H, W, C], samples the rest."""
             n = tf.shape(images)[0]
-            checks = check_images(images) + [
-                tf.debugging.assert_greater_equal(rows, 0, message="rows must be >= 0"),
-                tf.debugging.assert_less(rows, height, message=f"rows must be < height {height}")]
+            images = conform(images)
+            checks = [tf.debugging.assert_greater_equal(rows, 0, message="rows must be >= 0"),
+                      tf.debugging.assert_less(rows, height,
+                                               message=f"rows must be < height {height}")]
             with tf.control_dependencies(checks + check_labels(labels, n)):
                 start = rows * width * channels
-                images = conform(images)
             return {"images": self._sampler(tf.cast(images, tf.int32), start, seed,
                                             tf.constant(1.0), labels_or_zeros(labels, n))}
 

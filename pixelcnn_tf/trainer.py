@@ -135,6 +135,9 @@ class _LogWindow:
     """Running sums between two training log lines (applied steps only for the loss)."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
         self.loss, self.steps, self.time, self.waited = 0.0, 0, 0.0, 0.0
 
     def add(self, loss: float, seconds: float, waited: float, applied: bool) -> None:
@@ -185,10 +188,13 @@ class ModelRun:
     image_shape: tuple
     conditional: bool
 
+    def _batch_signature(self) -> list:
+        """(uint8 images [B, H, W, C], int32 labels [B]): what every step function takes."""
+        return [tf.TensorSpec([None, *self.image_shape], tf.uint8),
+                tf.TensorSpec([None], tf.int32)]
+
     def _make_eval_step(self):
-        signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
-                     tf.TensorSpec([None], tf.int32)]
-        return tf.function(self._eval_step, input_signature=signature)
+        return tf.function(self._eval_step, input_signature=self._batch_signature())
 
     def _logits(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         inputs = tf.cast(images, tf.float32) / 255.0  # uint8 → [0, 1]
@@ -314,9 +320,8 @@ class Trainer(ModelRun):
         # (the manager reads it when it starts and fails on a garbled one).
         self._manager: Optional[tf.train.CheckpointManager] = None
         self.restored: Optional[workdir_lib.Restored] = None
-        signature = [tf.TensorSpec([None, *self.image_shape], tf.uint8),
-                     tf.TensorSpec([None], tf.int32)]
-        self.train_step = tf.function(self._train_step, input_signature=signature)
+        self.train_step = tf.function(self._train_step,
+                                      input_signature=self._batch_signature())
         self.distributed_train_step = tf.function(self._distributed_train_step)
         self.eval_step = self._make_eval_step()
 
@@ -372,7 +377,8 @@ class Trainer(ModelRun):
         try:
             return self.manager.save(checkpoint_number=self.step)
         except (tf.errors.OpError, OSError) as e:
-            workdir_lib.remove_leftovers(self.workdir)
+            # The temporaries of this process's save: the workdir, or a worker's scratch.
+            workdir_lib.remove_leftovers(os.path.dirname(self.worker_path(CHECKPOINT_DIR)))
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             kept = self.manager.latest_checkpoint
             kept = f"the last complete checkpoint {kept} is kept" if kept else \
@@ -562,7 +568,7 @@ class Trainer(ModelRun):
             tf.summary.scalar("grad_norm", grad_norm)
             tf.summary.scalar("images_per_sec", ips)
             tf.summary.scalar("input_wait_fraction", figures["input_wait_fraction"])
-        window.__init__()
+        window.reset()
         return figures
 
     def _validate(self, val_ds, writer, step: int, bar) -> dict:

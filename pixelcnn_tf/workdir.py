@@ -148,14 +148,14 @@ def remove_leftovers(workdir: str) -> List[str]:
     export staging directories (``.saved_model_*``, ``.assets_*``) in the workdir,
     ``ckpt-N_temp*`` checkpoint temporaries and ``*.PID.partial`` files. Returns them."""
     removed = []
-    for parent, pattern in ((workdir, None), (os.path.join(workdir, CHECKPOINT_DIR), None)):
+    # (directory, which of its subdirectories are leftovers)
+    for parent, leftover_dir in ((workdir, lambda name: name.startswith(STAGING_PREFIXES)),
+                                 (checkpoint_dir(workdir), _CHECKPOINT_TEMP.match)):
         if not os.path.isdir(parent):
             continue
         for name in sorted(os.listdir(parent)):
             path = os.path.join(parent, name)
-            staging = parent == workdir and name.startswith(STAGING_PREFIXES)
-            temp = parent != workdir and _CHECKPOINT_TEMP.match(name)
-            if (staging or temp) and os.path.isdir(path):
+            if leftover_dir(name) and os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
             elif _PARTIAL.match(name) and os.path.isfile(path):
