@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pixelcnn_tf import build_model, generate_images, load_config  # noqa: E402
-from pixelcnn_tf.layers import Conv2D  # noqa: E402
+from pixelcnn_tf.layers import Conv2D, MaskedConv2D  # noqa: E402
 from pixelcnn_tf.models import count_parameters  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def flops_per_image(model) -> float:
     convolutions); over H·W positions."""
     h, w, _ = model.image_shape
     per_position = 0
-    for conv in model.masked_convs:
+    for conv in (m for m in model.submodules if isinstance(m, MaskedConv2D)):
         kh, kw = conv.kernel_size
         per_position += 2 * (kh // 2 + 1) * kw * conv.kernel.shape[2] * conv.features_out
     for conv in model.submodules:

@@ -14,31 +14,20 @@ from typing import Callable, Dict, Optional, Type
 
 import tensorflow as tf
 
-from pixelcnn_tf.layers import (Conv2D, MaskedConv2D, active_step, per_image, position_group,
-                                shift_down, split_colour_groups)
+from pixelcnn_tf.layers import Conv2D, MaskedConv2D, per_image, shift_down, split_colour_groups
 
 
 class PixelLayer(tf.Module):
-    """Base class of pixel layers. Subclasses take ``(hidden_dim, n_colors, kernel_size)``.
+    """Base class of pixel layers. Subclasses take ``(hidden_dim, n_colors, kernel_size)``;
+    ``n_colors`` is the number of colour groups of their masks (1 for models whose
+    output distribution predicts a whole pixel at once).
 
-    ``position_wise = True`` declares that the layer is built only from MaskedConv2D and
-    position-wise operations (written to work on ``[..., C]``), so the fast sampler can
-    evaluate it at one position from cached inputs.
-
-    ``row_wise = True`` declares a layer whose dependence on the rows above goes through a
-    per-row state (the gated PixelCNN's vertical stack, the Row LSTM's recurrence) and
-    whose dependence on the current row is position-wise: once a row is complete, the
-    sampler calls ``row_update`` on that row to get the state the next row needs, and
-    ``__call__`` in a position step reads it with ``active_step().row_state(self)`` (and
-    may record values of the current row with ``set_row_state``). Layers that are neither
-    are sampled with the naive method.
+    A layer type is sampled with the fast sampler once incremental.py has its
+    ``LayerStep`` (``@steps_for``); otherwise with the naive one.
     """
-
-    position_wise = False
-    row_wise = False
     # Class conditioning: the container adds a learned class bias to the input layer's
     # features when ``condition_input`` and passes each layer a per-class vector of
-    # ``condition_width(h)`` values (``condition``; in a position step its colour group).
+    # ``condition_width(h)`` values (``condition``).
     condition_input = True
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
@@ -70,16 +59,6 @@ class PixelLayer(tf.Module):
         return state
 
     def __call__(self, state, condition: Optional[tf.Tensor] = None):
-        raise NotImplementedError
-
-    def initial_row_state(self, batch: tf.Tensor, width: int, dtype: tf.DType) -> tuple:
-        """Row-wise layers: the row state for row 0 (nothing above it)."""
-        raise NotImplementedError
-
-    def row_update(self, row_state: tuple, state_row, condition: Optional[tf.Tensor]):
-        """Row-wise layers: (row state for row r, this layer's input state at row r,
-        ``[N, 1, W, ·]`` tensors) → (row state for row r + 1, its output state at row r).
-        Parts of the output state no later ``row_update`` reads may be None."""
         raise NotImplementedError
 
 
@@ -115,8 +94,6 @@ class PixelCNNBlock(PixelLayer):
     to the block's output when given.
     """
 
-    position_wise = True
-
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
         super().__init__(hidden_dim, n_colors, kernel_size, name=name)
@@ -135,7 +112,7 @@ class PixelCNNBlock(PixelLayer):
         return state + y
 
 
-def _gate(x: tf.Tensor, n_colors: int, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
+def gate(x: tf.Tensor, n_colors: int, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Gated activation tanh(a) · sigmoid(b), a and b taken per colour group:
     ``[..., 2·D]`` → ``[..., D]``. ``condition`` ``[B, 2·D]`` is added before the split, so
     each half has its own class projection (equation 4 of the gated PixelCNN paper)."""
@@ -160,9 +137,7 @@ class GatedInput(tf.Module):
                 read one row lower);
     horizontal: a 1 x k mask-A convolution over the current row left of the pixel (and
                 the earlier colours of the pixel itself).
-    images ``[B, H, W, C]`` → (vertical, horizontal), both ``[B, H, W, 2h]``. In a
-    position step only the horizontal stack is computed (the vertical one enters through
-    the row states): ``[N, C]`` → (None, ``[N, 2h/n]``).
+    images ``[B, H, W, C]`` → (vertical, horizontal), both ``[B, H, W, 2h]``.
     """
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int,
@@ -176,8 +151,6 @@ class GatedInput(tf.Module):
                                            name="horizontal")
 
     def __call__(self, x: tf.Tensor):
-        if active_step() is not None:
-            return None, self.horizontal(x)
         return self.vertical(x), self.horizontal(x)
 
 
@@ -201,7 +174,6 @@ class GatedPixelCNNBlock(PixelLayer):
     Masks are applied inside ``__call__`` (not as constraints after optimizer steps).
     """
 
-    row_wise = True
     condition_input = False  # conditioning enters every gate instead
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
@@ -228,7 +200,7 @@ class GatedPixelCNNBlock(PixelLayer):
         return state[1]
 
     @staticmethod
-    def _conditions(condition: Optional[tf.Tensor], n_colors: int):
+    def split_conditions(condition: Optional[tf.Tensor], n_colors: int):
         """``[B, 8h]`` (colour groups of [vertical 4h/n | horizontal 4h/n]) → the vertical
         and the horizontal stack's gate projections, ``[B, 4h]`` each."""
         if condition is None:
@@ -237,42 +209,16 @@ class GatedPixelCNNBlock(PixelLayer):
 
     def __call__(self, state, condition: Optional[tf.Tensor] = None):
         v, h = state
-        step = active_step()
-        if step is not None:  # one sub-pixel: h [N, 2h/n] of colour group c
-            _, from_above = step.row_state(self)  # [N, W, 4h]: 1x1(V v) of the row above
-            _, h_cond = self._conditions(condition, 1)
-            h_pre = self.horizontal(h) + step.at_position(from_above, self.n_colors)
-            return v, h + self.horizontal_out(_gate(h_pre, 1, h_cond))
-        v_cond, h_cond = self._conditions(condition, self.n_colors)
+        v_cond, h_cond = self.split_conditions(condition, self.n_colors)
         v_pre = self.vertical(v)  # [B, H, W, 4h]: rows up to the current one
         # The horizontal stack at row i sees the vertical stack of row i-1 only.
         h_pre = self.horizontal(h) + self.vertical_to_horizontal(shift_down(v_pre))
-        v_new = _gate(v_pre, self.n_colors, v_cond)  # [B, H, W, 2h]
-        h_new = h + self.horizontal_out(_gate(h_pre, self.n_colors, h_cond))
+        v_new = gate(v_pre, self.n_colors, v_cond)  # [B, H, W, 2h]
+        h_new = h + self.horizontal_out(gate(h_pre, self.n_colors, h_cond))
         return v_new, h_new
 
-    def initial_row_state(self, batch, width, dtype):
-        """(the vertical stack's input over the last k//2 + 1 rows ``[N, k//2+1, W, 2h]``,
-        zeros above the image; what the horizontal stack adds from the row above
-        ``[N, W, 4h]``: for row 0, 1x1 of the zero row)."""
-        width_2h = 2 * self.hidden_dim
-        window = tf.zeros(tf.stack([batch, self.kernel_size // 2 + 1, width, width_2h]), dtype)
-        zero_row = tf.zeros(tf.stack([batch, 1, width, 2 * width_2h]), dtype)
-        return window, self.vertical_to_horizontal(zero_row)[:, 0]
 
-    def row_update(self, row_state, state_row, condition=None):
-        """Row r of the vertical stack, from rows r-k//2..r of its input."""
-        window, _ = row_state
-        v_row, _ = state_row  # [N, 1, W, 2h]
-        window = tf.concat([window[:, 1:], v_row], axis=1)  # rows r-k//2..r
-        p = self.kernel_size // 2
-        v_pre = self.vertical(window, padding=(0, 0, p, p))  # [N, 1, W, 4h]
-        v_cond, _ = self._conditions(condition, self.n_colors)
-        v_new = _gate(v_pre, self.n_colors, v_cond)  # [N, 1, W, 2h]
-        return (window, self.vertical_to_horizontal(v_pre)[:, 0]), (v_new, None)
-
-
-def _lstm_update(gates: tf.Tensor, cell: tf.Tensor, n_colors: int):
+def lstm_update(gates: tf.Tensor, cell: tf.Tensor, n_colors: int):
     """LSTM cell update from pre-activations ``[..., 4·D]`` (i, f, o, g per colour group)
     and the previous cell ``[..., D]`` → (hidden, cell), both ``[..., D]``.
 
@@ -288,7 +234,7 @@ class _RecurrentPixelLayer(PixelLayer):
     masked input-to-state convolution (2h → 4h) and a state-to-state convolution, and a
     residual 1x1 mask-B convolution (h → 2h) back into the stream."""
 
-    def _residual(self, state: tf.Tensor, hidden: tf.Tensor,
+    def residual(self, state: tf.Tensor, hidden: tf.Tensor,
                   condition: Optional[tf.Tensor]) -> tf.Tensor:
         y = self.output(hidden)  # [B, H, W, 2h]
         if condition is not None:
@@ -308,8 +254,6 @@ class RowLSTMBlock(_RecurrentPixelLayer):
     stream itself (no ReLU before it).
     """
 
-    row_wise = True
-
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
         super().__init__(hidden_dim, n_colors, kernel_size, name=name)
@@ -322,13 +266,6 @@ class RowLSTMBlock(_RecurrentPixelLayer):
             self.output = MaskedConv2D(2 * hidden_dim, 1, "B", n_colors, name="output")
 
     def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
-        step = active_step()
-        if step is not None:  # one sub-pixel: state [N, 2h/n] of colour group c
-            recurrent, cell = step.row_state(self)  # [N, W, 4h], [N, W, h]: row above
-            gates = (self.input_to_state(state)
-                     + step.at_position(recurrent, self.n_colors))  # [N, 4h/n]
-            hidden, _ = _lstm_update(gates, step.at_position(cell, self.n_colors), 1)
-            return self._residual(state, hidden, condition)
         x_gates = self.input_to_state(state)  # [B, H, W, 4h]
         batch, width = tf.shape(state)[0], state.shape[2]
         self.state_to_state(tf.zeros([1, 1, width, self.hidden_dim]))  # create variables
@@ -336,27 +273,13 @@ class RowLSTMBlock(_RecurrentPixelLayer):
         def row_step(carry, gates_row):  # gates_row [B, W, 4h]
             hidden, cell = carry  # [B, W, h] each
             recurrent = self.state_to_state(hidden[:, None])[:, 0]  # [B, 1, W, 4h] → [B, W, 4h]
-            return _lstm_update(gates_row + recurrent, cell, self.n_colors)
+            return lstm_update(gates_row + recurrent, cell, self.n_colors)
 
         zeros = tf.zeros([batch, width, self.hidden_dim], x_gates.dtype)
         hidden, _ = tf.scan(row_step, tf.transpose(x_gates, [1, 0, 2, 3]),  # [H, B, W, 4h]
                             initializer=(zeros, zeros))
         hidden = tf.transpose(hidden, [1, 0, 2, 3])  # [H, B, W, h] → [B, H, W, h]
-        return self._residual(state, hidden, condition)
-
-    def initial_row_state(self, batch, width, dtype):
-        """(state-to-state gates from the row above ``[N, W, 4h]``, its cell ``[N, W, h]``):
-        for row 0, those of the zero state."""
-        zeros = tf.zeros(tf.stack([batch, 1, width, self.hidden_dim]), dtype)
-        return self.state_to_state(zeros)[:, 0], zeros[:, 0]
-
-    def row_update(self, row_state, state_row, condition=None):
-        """The LSTM over row r (all columns) from the row state of row r - 1."""
-        recurrent, cell = row_state
-        gates = self.input_to_state(state_row)[:, 0] + recurrent  # [N, W, 4h]
-        hidden, cell = _lstm_update(gates, cell, self.n_colors)  # [N, W, h] each
-        out = self._residual(state_row, hidden[:, None], condition)  # [N, 1, W, 2h]
-        return (self.state_to_state(hidden[:, None])[:, 0], cell), out
+        return self.residual(state, hidden, condition)
 
 
 def skew(x: tf.Tensor) -> tf.Tensor:
@@ -388,8 +311,6 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
     (tested exactly). As in the paper, the input-to-state convolution reads the stream
     itself (no ReLU before it).
     """
-
-    row_wise = True
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
                  name: Optional[str] = None):
@@ -424,7 +345,7 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
             above = tf.pad(hidden, [[0, 0], [0, 0], [1, 0], [0, 0]])[:, :, :-1]  # row i-1
             recurrent = (tf.einsum("dbhc,dco->dbho", above, kernels[:, 0])
                          + tf.einsum("dbhc,dco->dbho", hidden, kernels[:, 1]) + biases)
-            hidden, cell = _lstm_update(gates_col + recurrent, cell, self.n_colors)
+            hidden, cell = lstm_update(gates_col + recurrent, cell, self.n_colors)
             return hidden * inside, cell * inside  # states off the image stay zero
 
         # inside[s, i]: skewed column s of row i is a pixel (0 <= s - i < W), not padding.
@@ -437,72 +358,14 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
         return unskew(hidden[0], width), unskew(hidden[1], width)
 
     def __call__(self, state: tf.Tensor, condition: Optional[tf.Tensor] = None) -> tf.Tensor:
-        step = active_step()
-        if step is not None:
-            return self._position(step, state, condition)
         forward, backward = self._directions(state, tf.reverse(state, axis=[2]))
         backward = tf.reverse(backward, axis=[2])
         hidden = forward + shift_down(backward)  # the right-to-left part: rows above only
-        return self._residual(state, hidden, condition)
+        return self.residual(state, hidden, condition)
 
-    def _recurrence(self, direction: int, dtype: tf.DType):
+    def recurrence(self, direction: int, dtype: tf.DType):
         """State-to-state weights of one direction: kernel taps for the row above and for
         the previous pixel of the row ``[h, 4h]`` each, and the bias ``[4h]``."""
         conv = self.state_to_state[direction]
         kernel = tf.cast(conv.kernel[:, 0], dtype)  # [2, 1, h, 4h] → [2, h, 4h]
         return kernel[0], kernel[1], tf.cast(conv.bias, dtype)
-
-    # Sampling. The forward (left-to-right) LSTM at (i, j) reads the states of (i-1, j) and
-    # (i, j-1); the backward one enters position (i, j) only through row i-1. So the row
-    # state is (forward hidden of the row above, backward hidden of the row above, and the
-    # forward hidden and cell of the current row, filled in position by position).
-    def initial_row_state(self, batch, width, dtype):
-        zeros = tf.zeros(tf.stack([batch, width, self.hidden_dim]), dtype)
-        return zeros, zeros, zeros, zeros
-
-    def _position(self, step, state, condition):
-        """One sub-pixel: ``state`` ``[N, 2h/n]`` of colour group c → the same."""
-        above_f, above_b, row_h, row_c = step.row_state(self)  # [N, W, h] each
-        n, j = self.n_colors, step.j
-        left = tf.maximum(j - 1, 0)
-        has_left = tf.cast(j > 0, row_h.dtype)  # the pixel left of column 0 is zero
-        left_h = tf.gather(row_h, left, axis=1) * has_left  # [N, h]: all colour groups
-        left_c = tf.gather(row_c, left, axis=1) * has_left
-        up, side, bias = self._recurrence(0, row_h.dtype)
-        recurrent = (tf.matmul(tf.gather(above_f, j, axis=1), up)
-                     + tf.matmul(left_h, side) + bias)  # [N, 4h]
-        gates = (self.input_to_state[0](state)
-                 + position_group(recurrent, n))  # [N, 4h/n]
-        hidden, cell = _lstm_update(gates, position_group(left_c, n), 1)  # [N, h/n]
-        # Record colour group c of this pixel's forward state for the pixels to its right.
-        step.set_row_state(self, (above_f, above_b, step.record(row_h, hidden, n),
-                                  step.record(row_c, cell, n)))
-        hidden += step.at_position(above_b, n)  # shift_down(backward): the row above
-        return self._residual(state, hidden, condition)
-
-    def row_update(self, row_state, state_row, condition=None):
-        """Both LSTMs over row r, from the hidden states of row r - 1."""
-        above_f, above_b, _, _ = row_state
-        rows = []
-        for direction in (0, 1):
-            gates = self.input_to_state[direction](state_row)[:, 0]  # [N, W, 4h]
-            above = above_f if direction == 0 else above_b
-            up, side, bias = self._recurrence(direction, gates.dtype)
-            # Columns left to right (forward) or right to left (backward): [W, N, ·].
-            order = (lambda t: t) if direction == 0 else (lambda t: tf.reverse(t, [0]))
-            inputs = (order(tf.transpose(gates, [1, 0, 2])),
-                      order(tf.transpose(tf.matmul(above, up), [1, 0, 2])))
-
-            def column_step(carry, inputs, side=side, bias=bias):
-                h_prev, c_prev = carry  # [N, h]: the previous pixel of the row
-                gates_col, from_above = inputs
-                return _lstm_update(gates_col + from_above + tf.matmul(h_prev, side) + bias,
-                                    c_prev, self.n_colors)
-
-            zeros = tf.zeros_like(above[:, 0])
-            hidden, _ = tf.scan(column_step, inputs, initializer=(zeros, zeros))
-            rows.append(tf.transpose(order(hidden), [1, 0, 2]))  # [W, N, h] → [N, W, h]
-        forward, backward = rows
-        out = self._residual(state_row, (forward + above_b)[:, None], condition)
-        zeros = tf.zeros_like(forward)
-        return (forward, backward, zeros, zeros), out

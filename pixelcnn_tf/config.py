@@ -68,9 +68,9 @@ def _choices(values):
     return {"choices": values}
 
 
-def _pixel_layer_types():
-    from pixelcnn_tf.blocks import PIXEL_LAYERS  # registry fills on import
-    return tuple(sorted(PIXEL_LAYERS))
+def _model_types():
+    from pixelcnn_tf.models import model_types  # the pixel-layer registry fills on import
+    return model_types()
 
 
 def _sample_methods():
@@ -94,13 +94,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    type: str = field(default="pixelcnn", metadata=_choices(_pixel_layer_types))
+    type: str = field(default="pixelcnn", metadata=_choices(_model_types))
+    # The output distribution: a 256-way softmax per sub-pixel, or PixelCNN++'s
+    # discretized logistic mixture per pixel with num_mixtures components.
+    output: str = field(default="categorical",
+                        metadata=_choices(("categorical", "logistic_mixture")))
+    num_mixtures: int = field(default=10, metadata={"min": 1, "max": 64})
     hidden_dim: int = field(default=24, metadata={"min": 1})  # h; the stream has 2h maps
     out_dim: int = field(default=64, metadata={"min": 1})  # width of the output ReLU layer
     n_layers: int = field(default=5, metadata={"min": 0})
     kernel_size: int = field(default=3, metadata={"min": 1, "odd": True})
     input_kernel_size: int = field(default=7, metadata={"min": 1, "odd": True})
     num_classes: int = field(default=0, metadata={"min": 0})  # 0: unconditional
+    # Dropout in pixelcnn_pp's residual blocks while training (the paper: 0.5 on CIFAR-10).
+    dropout: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
 
 
 @dataclass
@@ -232,6 +239,13 @@ def config_from_dict(raw: Optional[Mapping[str, Any]]) -> Config:
 
 
 def _check_cross_fields(config: Config) -> None:
+    model = config.model
+    if model.type == "pixelcnn_pp" and model.output != "logistic_mixture":
+        raise ConfigError("model.type=pixelcnn_pp predicts whole pixels (no colour masks): "
+                          "add --set model.output=logistic_mixture")
+    if model.dropout > 0 and model.type != "pixelcnn_pp":
+        raise ConfigError(f"model.dropout={model.dropout} is used by model.type=pixelcnn_pp "
+                          f"only; remove it (or --set model.dropout=0)")
     if config.data.dataset == "npz" and not config.data.path:
         raise ConfigError("data.path must name an .npz file when data.dataset=npz "
                           "(e.g. --set data.path=images.npz)")
@@ -338,11 +352,18 @@ def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> N
     if channels not in (1, 3):
         raise ConfigError(f"images have {channels} channels; models support 1 (grey) or 3 "
                           f"(RGB) channels")
-    if channels == 1 and model.input_kernel_size == 1:
-        raise ConfigError("model.input_kernel_size=1 on grey images gives a mask-A input "
-                          "kernel with no taps (the model would never see its input); use "
-                          "3 or more, e.g. 7")
-    if channels == 3:
+    if model.type == "pixelcnn_pp":
+        height, width = (int(d) for d in image_shape[:2])
+        if height % 4 or width % 4:
+            raise ConfigError(f"model.type=pixelcnn_pp halves the image twice: its height and "
+                              f"width must be multiples of 4, got {height}x{width}")
+        return
+    groups = channels if model.output == "categorical" else 1  # colour groups of the masks
+    if groups == 1 and model.input_kernel_size == 1:
+        raise ConfigError("model.input_kernel_size=1 gives a mask-A input kernel that sees "
+                          "no earlier pixel (the model would never see its input); use 3 "
+                          "or more, e.g. 7")
+    if groups == 3:
         for key in ("hidden_dim", "out_dim"):
             value = getattr(model, key)
             if value % 3:

@@ -25,7 +25,7 @@ import tensorflow as tf
 import yaml
 
 from pixelcnn_tf.config import Config, config_to_dict
-from pixelcnn_tf.likelihood import nll_per_image
+from pixelcnn_tf import incremental
 from pixelcnn_tf.sampling import get_sampler
 
 SIGNATURES = ("log_prob", "sample", "complete", "serving_default")
@@ -39,7 +39,7 @@ class ExportModule(tf.Module):
         self.model = model
         height, width, channels = model.image_shape
         self.conditional = model.num_classes > 0
-        method = "fast" if model.supports_fast_sampling else "naive"
+        method = "fast" if incremental.supports(model) else "naive"
         # Non-trainable variables: saved with the model, readable after loading.
         self.image_shape = tf.Variable(model.image_shape, trainable=False, dtype=tf.int32)
         self.num_classes = tf.Variable(model.num_classes, trainable=False, dtype=tf.int32)
@@ -83,8 +83,9 @@ class ExportModule(tf.Module):
             images = conform(images)
             with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
                 inputs = tf.cast(images, tf.float32) / 255.0
-                logits = model(inputs, labels[0] if labels else None)
-            return {"bits_per_dim": nll_per_image(logits, images) / (dims * math.log(2.0))}
+                params = model(inputs, labels[0] if labels else None)
+            nats = model.distribution.nll_per_image(params, images)
+            return {"bits_per_dim": nats / (dims * math.log(2.0))}
 
         def sample(n, seed, temperature, *labels):
             """n images drawn with a seed and a temperature → uint8 [n, H, W, C]."""

@@ -1,35 +1,41 @@
-"""Categorical negative log-likelihood and bits per dimension.
+"""Output distributions: negative log-likelihood, bits per dimension, per-sub-pixel logits.
 
-bits/dim = total NLL in nats over every sub-pixel of every image (the first one
-included) / (N · H · W · C · ln 2). Over a split, nats are summed, never batch means
-averaged, so a short last batch weighs exactly as much as its images.
+A model's last layer predicts the parameters of one of two distributions
+(``model.output``):
+
+  categorical       256 logits per sub-pixel: the network computes each colour of a pixel
+                    in its own step (colour-group masks R < G < B), so a model evaluated
+                    step by step takes H·W·C steps. Output ``[B, H, W, C, 256]``.
+  logistic_mixture  the discretized logistic mixture of PixelCNN++ (Salimans et al. 2017):
+                    per pixel, M mixture weights shared by the colours, per colour and
+                    component a mean and a log-scale, and C·(C-1)/2 coefficients per
+                    component that make the green mean linear in red and the blue mean
+                    linear in red and green. The network sees only earlier pixels (no
+                    colour groups) and predicts the whole pixel in one step: H·W steps.
+                    Output ``[B, H, W, P]``, P = M·(1 + 2C + C(C-1)/2) (10M for RGB).
+
+Everything that scores or samples goes through a ``Distribution`` here, never through the
+raw tensor's layout. bits/dim = total NLL in nats over every sub-pixel of every image (the
+first one included) / (N·H·W·C·ln 2); over a split, nats are summed, never batch means
+averaged.
+
+The mixture's bin probabilities are exact: bin v of a logistic with mean m and scale s is
+σ((x⁺ - m)/s) - σ((x⁻ - m)/s) with the edges x = ±1 taking the tails, computed in log
+space as log σ(a) + log σ(-b) + log(1 - e^(b-a)) (no cancellation, no density
+approximation), so the 256 probabilities of every sub-pixel sum to 1.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import tensorflow as tf
 
 LN2 = math.log(2.0)
-
-
-def nll_per_dim(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
-    """NLL in nats of every sub-pixel.
-
-    Args:
-      logits: ``[B, H, W, C, 256]`` (any float dtype; the softmax runs in float32).
-      images: ``[B, H, W, C]`` integer intensities 0..255 (the targets).
-
-    Returns:
-      float32 ``[B, H, W, C]``.
-    """
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(images, tf.int32), logits=tf.cast(logits, tf.float32))
-
-
-def nll_per_image(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
-    """Total NLL in nats of each image: ``[B]`` float32."""
-    return tf.reduce_sum(nll_per_dim(logits, images), axis=[1, 2, 3])
+N_LEVELS = 256  # 8-bit intensities
+OUTPUTS = ("categorical", "logistic_mixture")
+MIN_LOG_SCALE = -7.0  # as PixelCNN++: scales below e^-7 (bins are 2/255 wide) add nothing
+MAX_MIXTURES = 64
 
 
 def bits_per_dim(total_nats, num_dims) -> float:
@@ -37,6 +43,205 @@ def bits_per_dim(total_nats, num_dims) -> float:
     return float(total_nats) / (float(num_dims) * LN2)
 
 
+class Distribution:
+    """The output distribution of a model over the sub-pixels of one pixel.
+
+    ``groups``: how many steps the network takes per pixel (C for the categorical, whose
+    masks split channels into colour groups; 1 for the mixture). ``num_params``: outputs
+    per pixel of the last layer.
+    """
+
+    name = ""
+
+    def __init__(self, n_colors: int):
+        self.n_colors = int(n_colors)
+
+    groups: int
+    num_params: int
+
+    def to_output(self, y: tf.Tensor) -> tf.Tensor:
+        """The last layer's ``[B, H, W, num_params]`` → the model's output."""
+        raise NotImplementedError
+
+    def at(self, params: tf.Tensor, i, j, group) -> tf.Tensor:
+        """The model's output → the parameters of one step ``[N, num_params / groups]``
+        (pixel (i, j), colour group ``group``): what an incremental step returns."""
+        raise NotImplementedError
+
+    def nll_per_image(self, params: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+        """Total NLL in nats of each image ``[B]`` float32 (images: uint8/int ``[B, H, W, C]``)."""
+        raise NotImplementedError
+
+    def subpixel_logits(self, step_params: tf.Tensor, pixel: tf.Tensor, c: int) -> tf.Tensor:
+        """log p(colour ``c`` = v | colours before c of ``pixel``, earlier pixels) for every
+        v, ``[N, 256]`` float32 (normalised up to a constant per row). ``step_params``:
+        the step's parameters (for the categorical, those of colour c's own step);
+        ``pixel``: int ``[N, C]`` (colours from c on are ignored)."""
+        raise NotImplementedError
+
+    def mean_bits_per_dim(self, params: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+        """The training loss: mean NLL over every sub-pixel of the batch, in bits."""
+        dims = tf.cast(tf.reduce_prod(tf.shape(images)), tf.float32)
+        return tf.reduce_sum(self.nll_per_image(params, images)) / (dims * LN2)
+
+
+class Categorical(Distribution):
+    """256 logits per sub-pixel; output ``[B, H, W, C, 256]``."""
+
+    name = "categorical"
+
+    def __init__(self, n_colors: int):
+        super().__init__(n_colors)
+        self.groups = self.n_colors
+        self.num_params = self.n_colors * N_LEVELS
+
+    def to_output(self, y):
+        shape = tf.shape(y)
+        # [..., C*256] → [..., C, 256]: channel groups are contiguous per colour.
+        return tf.reshape(y, tf.concat([shape[:-1], [self.n_colors, N_LEVELS]], axis=0))
+
+    def at(self, params, i, j, group):
+        return params[:, i, j, group]  # [N, 256]
+
+    def nll_per_image(self, params, images):
+        return tf.reduce_sum(nll_per_dim(params, images), axis=[1, 2, 3])
+
+    def subpixel_logits(self, step_params, pixel, c):
+        return tf.cast(step_params, tf.float32)
+
+
+def nll_per_dim(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """Categorical NLL in nats of every sub-pixel: logits ``[B, H, W, C, 256]`` (any float
+    dtype; the softmax runs in float32), images ``[B, H, W, C]`` 0..255 → float32
+    ``[B, H, W, C]``."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(images, tf.int32), logits=tf.cast(logits, tf.float32))
+
+
+def log_bin_probs(values: tf.Tensor, mean: tf.Tensor, log_scale: tf.Tensor) -> tf.Tensor:
+    """log P(v) of the 8-bit value ``values`` under a logistic(mean, e^log_scale) on
+    [-1, 1] discretized into 256 bins of width 2/255 (bin centres x = v/127.5 - 1; the
+    edge bins take the tails). Broadcasting float32 tensors → float32.
+
+    Exact in float32 for any parameters: with a = (x + 1/255 - mean)/s and
+    b = (x - 1/255 - mean)/s, σ(a) - σ(b) = σ(a)·σ(-b)·(1 - e^-(a-b)).
+    """
+    x = tf.cast(values, tf.float32) / 127.5 - 1.0
+    inv_scale = tf.exp(-log_scale)
+    centred = x - mean
+    upper = inv_scale * (centred + 1.0 / 255.0)  # a
+    lower = inv_scale * (centred - 1.0 / 255.0)  # b
+    log_cdf_upper = -tf.nn.softplus(-upper)  # log σ(a): the bin at 0 takes the lower tail
+    log_survival_lower = -tf.nn.softplus(lower)  # log σ(-b) = log(1 - σ(b)): v = 255
+    # log(1 - e^-d) with d = a - b = 2/(255 s) > 0. For small d (a wide logistic) the
+    # series log d - d/2 + d²/24 (error < d⁴/2880), with log d from the log-scale, so the
+    # width stays finite however large s is.
+    log_d = math.log(2.0 / 255.0) - log_scale
+    d = tf.exp(log_d)
+    log_width = tf.where(d < 1e-3, log_d - d / 2.0 + d * d / 24.0,
+                         tf.math.log(-tf.math.expm1(-tf.maximum(d, 1e-3))))
+    interior = log_cdf_upper + log_survival_lower + log_width
+    v = tf.cast(values, tf.int32)
+    return tf.where(v <= 0, log_cdf_upper, tf.where(v >= 255, log_survival_lower, interior))
+
+
+class LogisticMixture(Distribution):
+    """The discretized logistic mixture of PixelCNN++; output ``[B, H, W, P]``.
+
+    Layout of the P = M·(1 + 2C + C(C-1)/2) parameters of a pixel: mixture logits [M],
+    means [C, M], log-scales [C, M] (clipped below at -7), coefficients [C(C-1)/2, M]
+    (through tanh): mean_G += α·R, mean_B += β·R + γ·G with R, G in [-1, 1].
+    """
+
+    name = "logistic_mixture"
+
+    def __init__(self, n_colors: int, num_mixtures: int):
+        super().__init__(n_colors)
+        if not 1 <= int(num_mixtures) <= MAX_MIXTURES:
+            raise ValueError(f"num_mixtures must be in 1..{MAX_MIXTURES}, got {num_mixtures}")
+        self.num_mixtures = int(num_mixtures)
+        self.groups = 1
+        c = self.n_colors
+        self.num_coeffs = c * (c - 1) // 2
+        self.num_params = self.num_mixtures * (1 + 2 * c + self.num_coeffs)
+
+    def to_output(self, y):
+        return y
+
+    def at(self, params, i, j, group):
+        return params[:, i, j]  # [N, P]
+
+    def split(self, params: tf.Tensor):
+        """``[..., P]`` → (mixture logits ``[..., M]``, means ``[..., C, M]``, log-scales
+        ``[..., C, M]``, coefficients ``[..., C(C-1)/2, M]``), float32."""
+        params = tf.cast(params, tf.float32)
+        m, c = self.num_mixtures, self.n_colors
+        lead = tf.shape(params)[:-1]
+        logits, means, log_scales, coeffs = tf.split(
+            params, [m, c * m, c * m, self.num_coeffs * m], axis=-1)
+
+        def grid(t, rows):  # [..., rows·M] → [..., rows, M]
+            return tf.reshape(t, tf.concat([lead, [rows, m]], 0))
+
+        return (logits, grid(means, c), tf.maximum(grid(log_scales, c), MIN_LOG_SCALE),
+                tf.tanh(grid(coeffs, self.num_coeffs)))
+
+    def _means(self, means: tf.Tensor, coeffs: tf.Tensor, pixel: tf.Tensor, c: int):
+        """The mean of colour ``c`` given the earlier colours of ``pixel`` (int
+        ``[..., C]``): ``[..., M]``."""
+        mean = means[..., c, :]
+        x = tf.cast(pixel, tf.float32) / 127.5 - 1.0  # [..., C] in [-1, 1]
+        first = c * (c - 1) // 2  # coefficients of colour c: c of them, one per earlier colour
+        for earlier in range(c):
+            mean += coeffs[..., first + earlier, :] * x[..., earlier, None]
+        return mean
+
+    def _component_log_probs(self, params, pixel):
+        """log π_k + Σ_c log p_k(colour c | earlier colours): ``[..., M]``."""
+        logits, means, log_scales, coeffs = self.split(params)
+        total = tf.nn.log_softmax(logits, axis=-1)
+        for c in range(self.n_colors):
+            total += log_bin_probs(pixel[..., c, None], self._means(means, coeffs, pixel, c),
+                                   log_scales[..., c, :])
+        return total
+
+    def nll_per_image(self, params, images):
+        images = tf.cast(images, tf.int32)
+        log_p = tf.reduce_logsumexp(self._component_log_probs(params, images), axis=-1)
+        return -tf.reduce_sum(log_p, axis=[1, 2])  # [B, H, W] → [B]
+
+    def subpixel_logits(self, step_params, pixel, c):
+        logits, means, log_scales, coeffs = self.split(step_params)  # [N, ...]
+        pixel = tf.cast(pixel, tf.int32)
+        # Posterior weights of the components after the colours before c: [N, M].
+        weights = tf.nn.log_softmax(logits, axis=-1)
+        for earlier in range(c):
+            weights += log_bin_probs(pixel[:, earlier, None],
+                                     self._means(means, coeffs, pixel, earlier),
+                                     log_scales[:, earlier, :])
+        weights = tf.nn.log_softmax(weights, axis=-1)
+        values = tf.range(N_LEVELS)[None, :, None]  # [1, 256, 1]
+        per_component = log_bin_probs(values, self._means(means, coeffs, pixel, c)[:, None],
+                                      log_scales[:, None, c, :])  # [N, 256, M]
+        return tf.reduce_logsumexp(per_component + weights[:, None], axis=-1)  # [N, 256]
+
+
+def make_distribution(output: str, n_colors: int, num_mixtures: Optional[int] = None
+                      ) -> Distribution:
+    """``model.output`` → its Distribution for images of ``n_colors`` channels."""
+    if output == "categorical":
+        return Categorical(n_colors)
+    if output == "logistic_mixture":
+        return LogisticMixture(n_colors, num_mixtures or 10)
+    raise ValueError(f"unknown model.output {output!r}; allowed: {', '.join(OUTPUTS)}")
+
+
+# The categorical functions by name (the default output), for code that has logits.
+def nll_per_image(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """Categorical NLL in nats of each image: ``[B]`` float32."""
+    return tf.reduce_sum(nll_per_dim(logits, images), axis=[1, 2, 3])
+
+
 def mean_bits_per_dim(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
-    """The training loss: mean NLL over every sub-pixel of the batch, in bits. Scalar."""
+    """Categorical training loss: mean NLL over every sub-pixel of the batch, in bits."""
     return tf.reduce_mean(nll_per_dim(logits, images)) / LN2

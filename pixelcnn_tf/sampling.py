@@ -1,23 +1,23 @@
 """Sampling from a trained model in graph mode.
 
-``generate_images`` runs a ``tf.function`` whose ``tf.while_loop`` visits the H·W·C
-sub-pixels in raster order (R < G < B inside a pixel), draws sub-pixel ``k`` of every
-image from its categorical distribution and writes it with
+``generate_images`` runs a ``tf.function`` whose ``tf.while_loop`` visits the model's
+steps in raster order: every sub-pixel (R < G < B inside a pixel) for the categorical
+output, every pixel for the logistic mixture (which predicts the whole pixel). A step
+draws its sub-pixels of every image, each from the 256-way conditional distribution
+``model.distribution.subpixel_logits`` gives, and writes them with
 ``tf.tensor_scatter_nd_update``. Every sub-pixel, the first one included, is drawn from
 the model. Draws are stateless: sub-pixel ``k`` uses noise hashed from ``(seed, k)``
 (``uniform_noise``), so the same seed gives the same images, whichever method computed
-the logits and wherever it ran.
+the parameters and wherever it ran.
 
 Methods:
-  naive  runs the whole network on the whole image for every sub-pixel (H·W·C passes).
-  fast   caching (Ramachandran et al. 2017, "Fast Generation for Convolutional
-         Autoregressive Models"): every masked convolution keeps its input in a cache and
-         is evaluated only at the current position, reading the rows it can see from the
-         cache. The cost of a step is that of one position instead of H·W positions; the
-         results are exact. Row-wise pixel layers (gated PixelCNN, Row LSTM, Diagonal
-         BiLSTM) also keep a per-row state, updated by one pass over each row once it is
-         complete (``PixelRNN.row_update``). Layers that are neither position-wise nor
-         row-wise fall back to naive, with a logged note.
+  naive  runs the whole network on the whole image for every step.
+  fast   the incremental evaluation of incremental.py (Ramachandran et al. 2017, "Fast
+         Generation for Convolutional Autoregressive Models"): every layer is evaluated
+         only at the current position from caches of earlier steps, and layers whose
+         dependence on the rows above goes through a row state update it once per
+         completed row. Exact: the same images as naive. Models without an incremental
+         evaluation fall back to naive, with a logged note.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from pixelcnn_tf.layers import PositionCaches, position_step
+from pixelcnn_tf import incremental
+from pixelcnn_tf.incremental import Position
 
 METHODS = ("naive", "fast")
 
@@ -106,9 +107,9 @@ def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tens
     return tf.argmax(logits / temperature + gumbel, axis=-1, output_type=tf.int32)
 
 
-def _subpixel(k: tf.Tensor, width: int, channels: int):
-    """Raster index k → (row, column, colour)."""
-    return k // (width * channels), (k // channels) % width, k % channels
+def _step_position(k: tf.Tensor, width: int, groups: int) -> Position:
+    """Step index k (raster order over pixels, then colour groups) → its Position."""
+    return Position(k // (width * groups), (k // groups) % width, k % groups)
 
 
 def _write_subpixel(images: tf.Tensor, i, j, c, values: tf.Tensor) -> tf.Tensor:
@@ -120,74 +121,89 @@ def _write_subpixel(images: tf.Tensor, i, j, c, values: tf.Tensor) -> tf.Tensor:
     return tf.tensor_scatter_nd_update(images, indices, values)
 
 
+def _draw_step(distribution, params: tf.Tensor, images: tf.Tensor, pos: Position,
+               start: tf.Tensor, seed, temperature, greedy: bool) -> tf.Tensor:
+    """Draws the sub-pixels of one step (colour ``pos.c``, or every colour of the pixel
+    when the distribution has one group) from the step's parameters ``[N, ·]`` and writes
+    them into ``images`` ``[N, H, W, C]`` (int32). Sub-pixel k of the image uses noise
+    ``(seed, k)``; sub-pixels before ``start`` keep their values."""
+    _, width, channels = images.shape[1:]
+    # One group: every colour of the pixel, in order. C groups: colour pos.c.
+    colours = range(channels) if distribution.groups == 1 else [pos.c]
+    for c in colours:
+        k = (pos.i * width + pos.j) * channels + c  # the sub-pixel's raster index
+        logits = distribution.subpixel_logits(params, images[:, pos.i, pos.j, :], c)
+        values = _draw(logits, seed, k, temperature, greedy)
+        values = tf.where(k >= start, values, images[:, pos.i, pos.j, c])  # keep given ones
+        images = _write_subpixel(images, pos.i, pos.j, c, values)
+    return images
+
+
 def _naive_loop(model_ref, greedy: bool, conditional: bool):
-    """``(images, start, seed, temperature, labels) → images``: a full pass per sub-pixel."""
-    height, width, channels = model_ref().image_shape
-    total = height * width * channels
+    """``(images, start, seed, temperature, labels) → images``: a full pass per step."""
+    model = model_ref()
+    height, width, _ = model.image_shape
+    distribution = model.distribution
+    groups = distribution.groups
 
     def sample(images, start, seed, temperature, labels):
         model = model_ref()  # traced while the caller holds the model
 
         def body(k, images):
-            i, j, c = _subpixel(k, width, channels)
+            pos = _step_position(k, width, groups)
             inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
-            logits = model(inputs, labels if conditional else None)  # [N, H, W, C, 256]
-            values = _draw(logits[:, i, j, c, :], seed, k, temperature, greedy)
-            # One update per image: indices [N, 4] = (n, i, j, c).
-            return k + 1, _write_subpixel(images, i, j, c, values)
+            params = model(inputs, labels if conditional else None)
+            params = distribution.at(params, pos.i, pos.j, pos.c)
+            return k + 1, _draw_step(distribution, params, images, pos, start, seed,
+                                     temperature, greedy)
 
-        _, images = tf.while_loop(lambda k, _: k < total, body, [start, images])
+        _, images = tf.while_loop(lambda k, _: k < height * width * groups, body,
+                                  [_first_step(start, width, groups, images), images])
         return images
 
     return sample
 
 
-def _fast_loop(model_ref, greedy: bool, conditional: bool):
-    """``(images, start, seed, temperature, labels) → images``: one position and one colour
-    group of every layer per sub-pixel (``layers.PositionCaches``).
+def _first_step(start: tf.Tensor, width: int, groups: int, images: tf.Tensor) -> tf.Tensor:
+    """The step holding sub-pixel ``start`` (steps before it draw nothing)."""
+    channels = images.shape[-1]
+    return start // (channels // groups)
 
-    Sub-pixels before ``start`` are run too (to fill the caches) but keep their values.
-    Hidden activations at (i, j) never depend on the last colour of (i, j) (mask A), so
-    the caches written while drawing it are final; only the caches holding the image
-    itself (``model.image_convs``) are rewritten with each value drawn.
+
+def _fast_loop(model_ref, greedy: bool, conditional: bool):
+    """``(images, start, seed, temperature, labels) → images``: one position (and colour
+    group) of every layer per step, through ``incremental.stepper(model)``.
+
+    Steps before ``start`` are run too (to fill the caches) but keep their values.
     """
-    height, width, channels = model_ref().image_shape
-    total = height * width * channels
+    model = model_ref()
+    height, width, _ = model.image_shape
+    distribution = model.distribution
+    groups = distribution.groups
 
     def sample(images, start, seed, temperature, labels):
         model = model_ref()  # traced while the caller holds the model
-        caches = PositionCaches(model.masked_convs, tf.shape(images)[0], (height, width),
-                                getattr(model, "compute_dtype", tf.float32))
+        stepper = incremental.stepper(model)
         labels_or_none = labels if conditional else None
 
-        def body(k, images, state, row_state):
-            i, j, c = _subpixel(k, width, channels)
-            if row_state:  # row-wise layers: update their row states at each new row
-                row_state = tf.cond(
-                    (i > 0) & tf.equal(j, 0) & tf.equal(c, 0),
-                    lambda: model.row_update(row_state, tf.cast(images, tf.float32) / 255.0,
-                                             i - 1, labels_or_none),
-                    lambda: row_state)
-            step = caches.step(state, i, j, c, rows=model.row_inputs(row_state))
-            pixel = tf.cast(images[:, i, j, :], tf.float32) / 255.0  # [N, C] in [0, 1]
-            with position_step(step):
-                logits = model.position_logits(pixel, labels_or_none)  # [N, 256]
-            state = step.caches
-            row_state = model.row_outputs(step)
-            values = _draw(logits, seed, k, temperature, greedy)
-            values = tf.where(k >= start, values, images[:, i, j, c])  # keep given ones
-            images = _write_subpixel(images, i, j, c, values)
-            # The image caches get the pixel with the value just drawn (complete after its
-            # last colour): a scatter of [N, C], cheaper than a conditional.
-            pixel = model.preprocess(tf.cast(images[:, i, j, :], tf.float32) / 255.0)
-            pixel = tf.cast(pixel, caches.dtype)
-            for layer in model.image_convs:
-                state = caches.write(state, layer, pixel, i, j, c)
-            return k + 1, images, state, row_state
+        def body(k, images, cache):
+            pos = _step_position(k, width, groups)
+            inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
+            if stepper.row_wise:  # row-wise layers: update their row states at each new row
+                cache = tf.cond((pos.i > 0) & tf.equal(pos.j, 0) & tf.equal(pos.c, 0),
+                                lambda: stepper.finish_row(cache, inputs, pos.i - 1,
+                                                           labels_or_none),
+                                lambda: cache)
+            cache, params = stepper.step(cache, inputs, pos, labels_or_none)
+            images = _draw_step(distribution, params, images, pos, start, seed, temperature,
+                                greedy)
+            # The layers reading the image get the pixel with the values just drawn.
+            cache = stepper.record(cache, tf.cast(images, tf.float32) / 255.0, pos)
+            return k + 1, images, cache
 
-        row_state = model.initial_row_state(tf.shape(images)[0])
-        _, images, _, _ = tf.while_loop(lambda k, *_: k < total, body,
-                                        [tf.constant(0), images, caches.initial, row_state])
+        _, images, _ = tf.while_loop(lambda k, *_: k < height * width * groups, body,
+                                     [tf.constant(0), images,
+                                      stepper.initial(tf.shape(images)[0])])
         return images
 
     return sample
@@ -196,7 +212,7 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool):
 def get_sampler(model, method: str, greedy: bool, conditional: bool):
     """The cached ``tf.function`` ``(images int32 [N, H, W, C], start, seed int64,
     temperature, labels int32 [N]) → uint8 images`` for ``model`` (one per setting)."""
-    if method == "fast" and not getattr(model, "supports_fast_sampling", False):
+    if method == "fast" and not incremental.supports(model):
         log.warning("model type %r cannot be sampled with cached positions; using the "
                     "naive sampler", getattr(model, "layer_type", type(model).__name__))
         method = "naive"

@@ -26,7 +26,7 @@ from pixelcnn_tf import viz
 from pixelcnn_tf import workdir as workdir_lib
 from pixelcnn_tf.config import Config, ConfigError, check_model_fits_images, save_config
 from pixelcnn_tf.errors import TrainingError
-from pixelcnn_tf.likelihood import bits_per_dim, mean_bits_per_dim, nll_per_image
+from pixelcnn_tf.likelihood import bits_per_dim
 from pixelcnn_tf.models import build_model, count_parameters
 from pixelcnn_tf.sampling import generate_images
 from pixelcnn_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, SAMPLES_DIR
@@ -196,13 +196,16 @@ class ModelRun:
     def _make_eval_step(self):
         return tf.function(self._eval_step, input_signature=self._batch_signature())
 
-    def _logits(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    def _params(self, images: tf.Tensor, labels: tf.Tensor, training: bool = False
+                ) -> tf.Tensor:
+        """The output distribution's parameters for uint8 ``images`` (``training``: with
+        dropout, for models that have it)."""
         inputs = tf.cast(images, tf.float32) / 255.0  # uint8 → [0, 1]
-        return self.model(inputs, labels if self.conditional else None)
+        return self.model(inputs, labels if self.conditional else None, training=training)
 
     def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         """NLL in nats of each image ``[B]``."""
-        return nll_per_image(self._logits(images, labels), images)
+        return self.model.distribution.nll_per_image(self._params(images, labels), images)
 
     def inference_weights(self):
         """Context in which the model holds the weights used for evaluation, sampling and
@@ -395,13 +398,15 @@ class Trainer(ModelRun):
         ln 2), so summing it over replicas gives the mean over the whole batch.
         """
         variables = self.model.trainable_variables
+        distribution = self.model.distribution
         with tf.GradientTape() as tape:
-            logits = self._logits(images, labels)
+            params = self._params(images, labels, training=True)
             if global_batch is None:
-                loss = mean_bits_per_dim(logits, images)
+                loss = distribution.mean_bits_per_dim(params, images)
             else:
                 dims = float(np.prod(self.image_shape)) * math.log(2.0)
-                loss = tf.reduce_sum(nll_per_image(logits, images)) / (global_batch * dims)
+                loss = (tf.reduce_sum(distribution.nll_per_image(params, images))
+                        / (global_batch * dims))
             scaled = loss * self.loss_scale if self.loss_scale is not None else loss
         grads = tape.gradient(scaled, variables)
         if self.loss_scale is not None:

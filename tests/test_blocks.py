@@ -270,7 +270,7 @@ def test_sigmoid_candidate_gate_is_caught(x, monkeypatch):
         cell = tf.sigmoid(f) * cell + tf.sigmoid(i) * tf.sigmoid(g)
         return tf.sigmoid(o) * tf.tanh(cell), cell
 
-    monkeypatch.setattr(blocks, "_lstm_update", sigmoid_g)
+    monkeypatch.setattr(blocks, "lstm_update", sigmoid_g)
     with pytest.raises(AssertionError):
         test_row_lstm_matches_numpy(x)
 
@@ -283,7 +283,7 @@ class ZeroedLastRowBiLSTM(DiagonalBiLSTMBlock):
         forward, backward = self._directions(x, tf.reverse(x, axis=[2]))
         backward = tf.reverse(backward, axis=[2])
         keep = tf.concat([tf.ones_like(backward[:, :-1]), tf.zeros_like(backward[:, -1:])], 1)
-        return self._residual(state, forward + backward * keep, condition)
+        return self.residual(state, forward + backward * keep, condition)
 
 
 class SamePaddedRowLSTM(RowLSTMBlock):

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from pixelcnn_tf import generate_images
+from pixelcnn_tf import blocks, generate_images, incremental
 from pixelcnn_tf.models import build_model
 from pixelcnn_tf.trainer import Trainer
 
@@ -95,7 +95,7 @@ def test_class_conditional_sampling(tmp_path, layer_type):
     labels = tf.constant([0] * 4 + [1] * 4)
     for _ in range(80):
         trainer.train_step(images, labels)
-    method = "fast" if trainer.model.supports_fast_sampling else "naive"
+    method = "fast" if incremental.supports(trainer.model) else "naive"
     out = generate_images(trainer.model, (3, 3), 4, 1, labels=[0, 1, 0, 1], seed=0,
                           method=method)
     assert np.mean(out[0::2] == 30) > 0.95 and np.mean(out[1::2] == 220) > 0.95
@@ -104,12 +104,11 @@ def test_class_conditional_sampling(tmp_path, layer_type):
 
 
 # -- the fast (cached) sampler ---------------------------------------------------------------
-from pixelcnn_tf import blocks  # noqa: E402
-from pixelcnn_tf.layers import PositionCaches, position_step  # noqa: E402
+from pixelcnn_tf.incremental import Position  # noqa: E402
 from pixelcnn_tf.sampling import uniform_noise  # noqa: E402
 
 CACHEABLE = sorted(name for name, cls in blocks.PIXEL_LAYERS.items()
-                   if cls.position_wise or cls.row_wise)
+                   if cls in incremental.LAYER_STEPS)
 
 
 def test_cacheable_types():
@@ -130,26 +129,22 @@ def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), s
 @pytest.mark.parametrize("layer_type", CACHEABLE)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("num_classes", [0, 3])
-def test_position_logits_equal_full_pass(layer_type, channels, num_classes, rng):
+def test_step_params_equal_full_pass(layer_type, channels, num_classes, rng):
     """Per-step logits of the cached evaluation agree with the full forward pass."""
     model = random_model(channels, layer_type, num_classes)
     h, w = 5, 4
     x = tf.constant(rng.uniform(size=(2, h, w, channels)).astype(np.float32))
     labels = tf.constant([0, 2]) if num_classes else None
     full = model(x, labels).numpy()  # [2, H, W, C, 256]
-    caches = PositionCaches(model.masked_convs, 2, (h, w))
-    state = caches.initial
-    row_state = model.initial_row_state(2)
+    stepper = incremental.stepper(model)
+    cache = stepper.initial(2)
     for i in range(h):
         if i > 0:  # row-wise layers: row i - 1 is complete
-            row_state = model.row_update(row_state, x, i - 1, labels)
+            cache = stepper.finish_row(cache, x, i - 1, labels)
         for j in range(w):
             for c in range(channels):
-                step = caches.step(state, i, j, c, rows=model.row_inputs(row_state))
-                with position_step(step):
-                    logits = model.position_logits(x[:, i, j, :], labels)
-                state = step.caches
-                row_state = model.row_outputs(step)
+                cache, logits = stepper.step(cache, x, Position(i, j, c), labels)
+                cache = stepper.record(cache, x, Position(i, j, c))
                 np.testing.assert_allclose(logits.numpy(), full[:, i, j, c], rtol=1e-4,
                                            atol=1e-4, err_msg=f"sub-pixel {(i, j, c)}")
 
@@ -206,33 +201,35 @@ def test_fast_sampler_runs_from_a_saved_model(tmp_path):
                                   generate_images(model, (5, 4), 2, 3, seed=9, method="naive"))
 
 
-def test_row_update_reads_only_finished_rows(rng):
+def test_finish_row_reads_only_finished_rows(rng):
     """The row states for row i depend on image rows < i only."""
     for layer_type in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm"):
         model = random_model(3, layer_type)
+        stepper = incremental.stepper(model)
+        assert stepper.row_wise
         x = rng.uniform(size=(2, 5, 4, 3)).astype(np.float32)
         changed = x.copy()
         changed[:, 3:] = rng.uniform(size=(2, 2, 4, 3))  # rows 3 and 4
-        state_a = state_b = model.initial_row_state(2)
+        state_a = state_b = stepper.initial(2)
         for row in range(3):
-            state_a = model.row_update(state_a, x, row)
-            state_b = model.row_update(state_b, changed, row)
+            state_a = stepper.finish_row(state_a, x, row)
+            state_b = stepper.finish_row(state_b, changed, row)
         for a, b in zip(tf.nest.flatten(state_a), tf.nest.flatten(state_b)):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
-        state_c = model.row_update(state_b, changed, 3)
+        state_c = stepper.finish_row(state_b, changed, 3)
         assert any(not np.array_equal(a.numpy(), c.numpy()) for a, c in
-                   zip(tf.nest.flatten(model.row_update(state_a, x, 3)),
+                   zip(tf.nest.flatten(stepper.finish_row(state_a, x, 3)),
                        tf.nest.flatten(state_c)))
 
 
-def test_non_position_wise_layers_fall_back_to_naive(caplog):
+def test_layers_without_steps_fall_back_to_naive(caplog):
     @blocks.register_pixel_layer("test_uncached")
     class Uncached(blocks.PixelCNNBlock):
-        position_wise = False
+        pass  # no LayerStep registered in incremental.py
 
     try:
         model = random_model(1, "test_uncached")
-        assert not model.supports_fast_sampling
+        assert not incremental.supports(model)
         with caplog.at_level("WARNING", logger="pixelcnn_tf.sampling"):
             fast = generate_images(model, (5, 4), 2, 1, seed=1, method="fast")
         assert "using the naive sampler" in caplog.text

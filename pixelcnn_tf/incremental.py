@@ -1,0 +1,481 @@
+"""Incremental evaluation: the fast sampler's one home.
+
+Sampling visits a model's steps in raster order: pixel (i, j) and, for models whose masks
+split channels into colour groups (the categorical output), colour group c of it. At each
+step only the outputs at that position are new, so instead of running the network on the
+whole image (the naive sampler), every component is evaluated at the one position from
+caches of what earlier steps computed (Ramachandran et al. 2017, "Fast Generation for
+Convolutional Autoregressive Models"). The results equal the full pass.
+
+Every component implements one explicit API, here and nowhere else:
+
+  ``initial(batch)``                     → its cache before the first step (a nest of
+                                            tensors, carried by the sampler's while loop);
+  ``step(cache, x, pos, ...)``           → (cache, its output at position ``pos``): ``x``
+                                            is its input there (``[N, D]``, or colour group
+                                            ``pos.c`` of it, ``[N, D / groups]``);
+  ``finish_row(cache, x_row, ...)``      → (cache, its output over the row), called once
+                                            row r is complete with the component's input
+                                            over that row ``[N, 1, W, D]``: layers whose
+                                            dependence on the rows above goes through a
+                                            per-row state (``row_wise``) update it here.
+
+Components: ``ConvStep`` (a MaskedConv2D), one ``LayerStep`` per pixel-layer type
+(registered with ``@steps_for``), and model steppers (``stepper(model)``), whose
+``step(cache, images, pos, labels)`` returns the parameters of the step's output
+distribution, ``record(cache, images, pos)`` stores a drawn pixel where the layers reading
+the image need it, and ``finish_row(cache, images, row, labels)`` runs once row ``row`` is
+complete. The sampler (sampling.py) and the tests use exactly this API.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple, Optional, Type
+
+import tensorflow as tf
+
+from pixelcnn_tf import blocks
+from pixelcnn_tf.layers import MaskedConv2D, per_image
+from pixelcnn_tf.models import PixelRNN
+
+
+class Position(NamedTuple):
+    """The step being evaluated: row ``i``, column ``j``, colour group ``c`` (0 when the
+    model has one group). Scalar int32 tensors (or ints)."""
+    i: tf.Tensor
+    j: tf.Tensor
+    c: tf.Tensor
+
+
+# -- colour groups --------------------------------------------------------------------------
+def colour_group(values: tf.Tensor, groups: int, c) -> tf.Tensor:
+    """``[N, D]`` (contiguous colour groups) → group ``c``: ``[N, D / groups]``."""
+    if groups == 1:
+        return values
+    d = values.shape[-1]
+    grouped = tf.reshape(values, [-1, groups, d // groups])  # [N, D] → [N, groups, D/groups]
+    return tf.gather(grouped, c, axis=1)
+
+
+def with_colour_group(old: tf.Tensor, values: tf.Tensor, c, groups: int) -> tf.Tensor:
+    """``old`` ``[N, D]`` with colour group ``c`` replaced by ``values`` ``[N, D / groups]``."""
+    if groups == 1:
+        return values
+    d = old.shape[-1]
+    in_group = tf.equal(tf.range(d) // (d // groups), c)[None, :]  # [1, D]
+    return tf.where(in_group, tf.tile(values, [1, groups]), old)
+
+
+def at_position(row_values: tf.Tensor, pos: Position, groups: int) -> tf.Tensor:
+    """Per-row values ``[N, W, D]`` → column ``pos.j``, colour group ``pos.c``."""
+    return colour_group(tf.gather(row_values, pos.j, axis=1), groups, pos.c)
+
+
+def record_at(row_values: tf.Tensor, values: tf.Tensor, pos: Position,
+              groups: int) -> tf.Tensor:
+    """``row_values`` ``[N, W, D]`` with column ``pos.j``, colour group ``pos.c`` replaced
+    by ``values`` ``[N, D / groups]`` (the inverse of ``at_position``)."""
+    column = with_colour_group(tf.gather(row_values, pos.j, axis=1), values, pos.c, groups)
+    here = tf.equal(tf.range(tf.shape(row_values)[1]), pos.j)[None, :, None]  # [1, W, 1]
+    return tf.where(here, column[:, None], row_values)
+
+
+# -- one masked convolution -----------------------------------------------------------------
+class ConvStep:
+    """A MaskedConv2D at one position and colour group.
+
+    Cache: the layer's input, zero-padded, ``[N, H + kh//2, W + 2·(kw//2), C_in]`` (a
+    masked kxk convolution reads rows i-kh//2..i only); for a 1x1 convolution only the
+    current pixel ``[N, 1, 1, C_in]`` (its earlier colour groups). A step writes the input
+    at (i, j) (all of it, or colour group c), reads the rows it can see and multiplies by
+    the kernel columns of output group c: ``[N, C_out / groups]``. Kernels are masked, cut
+    to their top kh//2 + 1 rows and split by output group once, outside the loop.
+    """
+
+    def __init__(self, conv: MaskedConv2D, height: int, width: int, dtype: tf.DType):
+        self.conv = conv
+        self.height, self.width, self.dtype = height, width, tf.as_dtype(dtype)
+        kh, kw = conv.kernel_size
+        self.one_by_one = (kh, kw) == (1, 1)
+        n, c_out = conv.n_colors, conv.features_out
+        self.groups = n
+        self.c_in = int(conv.kernel.shape[2])
+        kernel = tf.reshape(conv.masked_kernel(dtype)[:kh // 2 + 1], [-1, n, c_out // n])
+        # [K, n, C_out/n] → [n, K, C_out/n]: the kernel columns of each output group.
+        self.weights = tf.transpose(kernel, [1, 0, 2])
+        bias = conv.bias if conv.bias is not None else tf.zeros([c_out])
+        self.biases = tf.reshape(tf.cast(bias, dtype), [n, c_out // n])
+
+    def initial(self, batch) -> tf.Tensor:
+        kh, kw = self.conv.kernel_size
+        shape = ([batch, 1, 1, self.c_in] if self.one_by_one else
+                 [batch, self.height + kh // 2, self.width + 2 * (kw // 2), self.c_in])
+        return tf.zeros(tf.stack(shape), self.dtype)
+
+    def write(self, cache: tf.Tensor, x: tf.Tensor, pos: Position) -> tf.Tensor:
+        """``cache`` with the input at ``pos`` set: ``x`` is all of it ``[N, C_in]`` or its
+        colour group ``pos.c`` ``[N, C_in / groups]``."""
+        kh, kw = self.conv.kernel_size
+        row, col = (0, 0) if self.one_by_one else (pos.i + kh // 2, pos.j + kw // 2)
+        n = tf.shape(x)[0]
+        where = tf.stack([tf.range(n), tf.fill([n], row), tf.fill([n], col)], axis=1)  # [N, 3]
+        if x.shape[-1] != self.c_in:  # one colour group: keep the other groups
+            x = with_colour_group(tf.gather_nd(cache, where), x, pos.c, self.groups)
+        return tf.tensor_scatter_nd_update(cache, where, x)
+
+    def step(self, cache: tf.Tensor, x: tf.Tensor, pos: Position):
+        """→ (cache, output group ``pos.c`` at ``pos`` ``[N, C_out / groups]``)."""
+        cache = self.write(cache, x, pos)
+        n = tf.shape(x)[0]
+        if self.one_by_one:
+            inputs = cache[:, 0, 0, :]  # [N, C_in]
+        else:
+            kh, kw = self.conv.kernel_size
+            # Rows i-kh//2..i, columns j-kw//2..j+kw//2 of the input: [N, kh//2+1, kw, C_in].
+            patch = tf.slice(cache, tf.stack([0, pos.i, pos.j, 0]),
+                             tf.stack([n, kh // 2 + 1, kw, self.c_in]))
+            inputs = tf.reshape(patch, [n, -1])  # [N, kh//2+1, kw, C_in] → [N, K]
+        weights = tf.gather(self.weights, pos.c)  # [K, C_out/groups]
+        return cache, tf.matmul(inputs, weights) + tf.gather(self.biases, pos.c)
+
+
+# -- pixel layers ---------------------------------------------------------------------------
+class LayerStep:
+    """A pixel layer evaluated incrementally (see the module docstring).
+
+    ``row_wise`` layers get ``finish_row`` after every row; their ``step`` reads the row
+    state it left. Inputs and outputs are the layer type's state (a tensor, or the gated
+    PixelCNN's (vertical, horizontal) pair), at one position and colour group in ``step``
+    and over one row ``[N, 1, W, ·]`` in ``finish_row``.
+    """
+
+    row_wise = False
+
+    def __init__(self, layer: blocks.PixelLayer, height: int, width: int, dtype: tf.DType):
+        self.layer, self.height, self.width, self.dtype = layer, height, width, dtype
+        self.groups = layer.n_colors
+
+    def conv(self, conv: MaskedConv2D) -> ConvStep:
+        return ConvStep(conv, self.height, self.width, self.dtype)
+
+    def initial(self, batch) -> tuple:
+        raise NotImplementedError
+
+    def step(self, cache: tuple, x, pos: Position, condition: Optional[tf.Tensor]):
+        raise NotImplementedError
+
+    def finish_row(self, cache: tuple, x_row, condition: Optional[tf.Tensor]):
+        return cache, None
+
+
+LAYER_STEPS: Dict[Type[blocks.PixelLayer], Type[LayerStep]] = {}
+
+
+def steps_for(layer_cls: Type[blocks.PixelLayer]) -> Callable:
+    """Class decorator: registers the LayerStep of a pixel-layer type."""
+
+    def register(cls: Type[LayerStep]) -> Type[LayerStep]:
+        LAYER_STEPS[layer_cls] = cls
+        return cls
+
+    return register
+
+
+def layer_step(layer: blocks.PixelLayer, height: int, width: int, dtype) -> LayerStep:
+    return LAYER_STEPS[type(layer)](layer, height, width, dtype)
+
+
+@steps_for(blocks.PixelCNNBlock)
+class PixelCNNStep(LayerStep):
+    """Three masked convolutions, each at the one position."""
+
+    def __init__(self, layer, height, width, dtype):
+        super().__init__(layer, height, width, dtype)
+        self.convs = [self.conv(c) for c in (layer.reduce, layer.conv, layer.expand)]
+
+    def initial(self, batch):
+        return tuple(c.initial(batch) for c in self.convs)
+
+    def step(self, cache, x, pos, condition):
+        caches, y = [], x
+        for conv, conv_cache in zip(self.convs, cache):
+            conv_cache, y = conv.step(conv_cache, tf.nn.relu(y), pos)
+            caches.append(conv_cache)
+        if condition is not None:
+            y += colour_group(condition, self.groups, pos.c)
+        return tuple(caches), x + y
+
+
+@steps_for(blocks.GatedPixelCNNBlock)
+class GatedStep(LayerStep):
+    """Row state: the vertical stack's input over the last k//2 + 1 rows
+    ``[N, k//2+1, W, 2h]`` and what the horizontal stack adds from the row above
+    ``[N, W, 4h]``; a step computes the horizontal stack at the position."""
+
+    row_wise = True
+
+    def __init__(self, layer, height, width, dtype):
+        super().__init__(layer, height, width, dtype)
+        self.horizontal = self.conv(layer.horizontal)
+        self.horizontal_out = self.conv(layer.horizontal_out)
+
+    def initial(self, batch):
+        layer, width_2h = self.layer, 2 * self.layer.hidden_dim
+        window = tf.zeros(tf.stack([batch, layer.kernel_size // 2 + 1, self.width, width_2h]),
+                          self.dtype)
+        zero_row = tf.zeros(tf.stack([batch, 1, self.width, 2 * width_2h]), self.dtype)
+        from_above = layer.vertical_to_horizontal(zero_row)[:, 0]  # row 0: 1x1 of zeros
+        return (self.horizontal.initial(batch), self.horizontal_out.initial(batch), window,
+                from_above)
+
+    def step(self, cache, x, pos, condition):
+        h_cache, out_cache, window, from_above = cache
+        _, h = x  # [N, 2h/groups]: the horizontal stack, colour group c
+        _, h_cond = self.layer.split_conditions(
+            None if condition is None else colour_group(condition, self.groups, pos.c), 1)
+        h_cache, h_pre = self.horizontal.step(h_cache, h, pos)
+        h_pre += at_position(from_above, pos, self.groups)
+        out_cache, y = self.horizontal_out.step(out_cache, blocks.gate(h_pre, 1, h_cond),
+                                                pos)
+        return (h_cache, out_cache, window, from_above), (None, h + y)
+
+    def finish_row(self, cache, x_row, condition):
+        """Row r of the vertical stack, from rows r-k//2..r of its input."""
+        h_cache, out_cache, window, _ = cache
+        layer = self.layer
+        v_row, _ = x_row  # [N, 1, W, 2h]
+        window = tf.concat([window[:, 1:], v_row], axis=1)  # rows r-k//2..r
+        p = layer.kernel_size // 2
+        v_pre = layer.vertical(window, padding=(0, 0, p, p))  # [N, 1, W, 4h]
+        v_cond, _ = layer.split_conditions(condition, self.groups)
+        v_new = blocks.gate(v_pre, self.groups, v_cond)  # [N, 1, W, 2h]
+        from_above = layer.vertical_to_horizontal(v_pre)[:, 0]
+        return (h_cache, out_cache, window, from_above), (v_new, None)
+
+
+class _RecurrentStep(LayerStep):
+    """Shared by the PixelRNN layers: the residual 1x1 output convolution."""
+
+    row_wise = True
+
+    def __init__(self, layer, height, width, dtype):
+        super().__init__(layer, height, width, dtype)
+        self.output = self.conv(layer.output)
+
+    def residual(self, out_cache, x, hidden, pos, condition):
+        out_cache, y = self.output.step(out_cache, hidden, pos)
+        if condition is not None:
+            y += colour_group(condition, self.groups, pos.c)
+        return out_cache, x + y
+
+
+@steps_for(blocks.RowLSTMBlock)
+class RowLSTMStep(_RecurrentStep):
+    """Row state: the state-to-state gates from the row above ``[N, W, 4h]`` and its
+    cell ``[N, W, h]``; a step runs the LSTM at the position."""
+
+    def __init__(self, layer, height, width, dtype):
+        super().__init__(layer, height, width, dtype)
+        self.input_to_state = self.conv(layer.input_to_state)
+
+    def initial(self, batch):
+        zeros = tf.zeros(tf.stack([batch, 1, self.width, self.layer.hidden_dim]), self.dtype)
+        return (self.input_to_state.initial(batch), self.output.initial(batch),
+                self.layer.state_to_state(zeros)[:, 0], zeros[:, 0])
+
+    def step(self, cache, x, pos, condition):
+        in_cache, out_cache, recurrent, cell = cache
+        in_cache, gates = self.input_to_state.step(in_cache, x, pos)
+        gates += at_position(recurrent, pos, self.groups)  # [N, 4h/groups]
+        hidden, _ = blocks.lstm_update(gates, at_position(cell, pos, self.groups), 1)
+        out_cache, y = self.residual(out_cache, x, hidden, pos, condition)
+        return (in_cache, out_cache, recurrent, cell), y
+
+    def finish_row(self, cache, x_row, condition):
+        """The LSTM over row r (all columns) from the row state of row r - 1."""
+        in_cache, out_cache, recurrent, cell = cache
+        layer = self.layer
+        gates = layer.input_to_state(x_row)[:, 0] + recurrent  # [N, W, 4h]
+        hidden, cell = blocks.lstm_update(gates, cell, self.groups)  # [N, W, h] each
+        out = layer.residual(x_row, hidden[:, None], condition)  # [N, 1, W, 2h]
+        return (in_cache, out_cache, layer.state_to_state(hidden[:, None])[:, 0], cell), out
+
+
+@steps_for(blocks.DiagonalBiLSTMBlock)
+class DiagonalBiLSTMStep(_RecurrentStep):
+    """The forward (left-to-right) LSTM at (i, j) reads the states of (i-1, j) and
+    (i, j-1); the backward one enters (i, j) only through row i-1. Row state: forward and
+    backward hidden states of the row above, and the forward hidden state and cell of the
+    current row, filled in position by position (all ``[N, W, h]``)."""
+
+    def __init__(self, layer, height, width, dtype):
+        super().__init__(layer, height, width, dtype)
+        self.input_to_state = self.conv(layer.input_to_state[0])
+
+    def initial(self, batch):
+        zeros = tf.zeros(tf.stack([batch, self.width, self.layer.hidden_dim]), self.dtype)
+        return (self.input_to_state.initial(batch), self.output.initial(batch),
+                zeros, zeros, zeros, zeros)
+
+    def step(self, cache, x, pos, condition):
+        in_cache, out_cache, above_f, above_b, row_h, row_c = cache
+        n, j = self.groups, pos.j
+        left = tf.maximum(j - 1, 0)
+        has_left = tf.cast(j > 0, row_h.dtype)  # the pixel left of column 0 is zero
+        left_h = tf.gather(row_h, left, axis=1) * has_left  # [N, h]: all colour groups
+        left_c = tf.gather(row_c, left, axis=1) * has_left
+        up, side, bias = self.layer.recurrence(0, row_h.dtype)
+        recurrent = (tf.matmul(tf.gather(above_f, j, axis=1), up)
+                     + tf.matmul(left_h, side) + bias)  # [N, 4h]
+        in_cache, gates = self.input_to_state.step(in_cache, x, pos)
+        gates += colour_group(recurrent, n, pos.c)  # [N, 4h/n]
+        hidden, cell = blocks.lstm_update(gates, colour_group(left_c, n, pos.c), 1)
+        # Record colour group c of this pixel's forward state for the pixels to its right.
+        row_h, row_c = record_at(row_h, hidden, pos, n), record_at(row_c, cell, pos, n)
+        hidden += at_position(above_b, pos, n)  # shift_down(backward): the row above
+        out_cache, y = self.residual(out_cache, x, hidden, pos, condition)
+        return (in_cache, out_cache, above_f, above_b, row_h, row_c), y
+
+    def finish_row(self, cache, x_row, condition):
+        """Both LSTMs over row r, from the hidden states of row r - 1."""
+        in_cache, out_cache, above_f, above_b, _, _ = cache
+        layer = self.layer
+        rows = []
+        for direction in (0, 1):
+            gates = layer.input_to_state[direction](x_row)[:, 0]  # [N, W, 4h]
+            above = above_f if direction == 0 else above_b
+            up, side, bias = layer.recurrence(direction, gates.dtype)
+            # Columns left to right (forward) or right to left (backward): [W, N, ·].
+            order = (lambda t: t) if direction == 0 else (lambda t: tf.reverse(t, [0]))
+            inputs = (order(tf.transpose(gates, [1, 0, 2])),
+                      order(tf.transpose(tf.matmul(above, up), [1, 0, 2])))
+
+            def column_step(carry, inputs, side=side, bias=bias):
+                h_prev, c_prev = carry  # [N, h]: the previous pixel of the row
+                gates_col, from_above = inputs
+                return blocks.lstm_update(
+                    gates_col + from_above + tf.matmul(h_prev, side) + bias, c_prev,
+                    self.groups)
+
+            zeros = tf.zeros_like(above[:, 0])
+            hidden, _ = tf.scan(column_step, inputs, initializer=(zeros, zeros))
+            rows.append(tf.transpose(order(hidden), [1, 0, 2]))  # [W, N, h] → [N, W, h]
+        forward, backward = rows
+        out = layer.residual(x_row, (forward + above_b)[:, None], condition)
+        zeros = tf.zeros_like(forward)
+        return (in_cache, out_cache, forward, backward, zeros, zeros), out
+
+
+# -- the PixelRNN container -----------------------------------------------------------------
+class PixelRNNStepper:
+    """A ``models.PixelRNN`` evaluated step by step.
+
+    Step (i, j, c): the input layer at the pixel (its earlier colour groups; the gated
+    type's input layer yields only the horizontal stack, the vertical one enters through
+    the row states), every pixel layer, the output layers: the parameters of colour group
+    c, ``[N, P / groups]``. Hidden activations at (i, j) never depend on the last colour
+    group of (i, j) (mask A), so the caches written while drawing it are final; only the
+    input layer's cache (which holds the image itself) is rewritten by ``record``.
+    """
+
+    def __init__(self, model, dtype: Optional[tf.DType] = None):
+        self.model = model
+        self.dtype = tf.as_dtype(dtype or model.compute_dtype)
+        self.groups = model.groups
+        height, width, _ = model.image_shape
+        self.height, self.width = height, width
+        image_conv = model.input_conv
+        if isinstance(image_conv, blocks.GatedInput):
+            image_conv = image_conv.horizontal
+        self.input = ConvStep(image_conv, height, width, self.dtype)
+        self.layers = [layer_step(layer, height, width, self.dtype)
+                       for layer in model.pixel_layers]
+        self.row_wise = any(step.row_wise for step in self.layers)
+        self.out_hidden = ConvStep(model.output_hidden, height, width, self.dtype)
+        self.out_params = ConvStep(model.output_logits, height, width, self.dtype)
+
+    def initial(self, batch) -> tuple:
+        return (self.input.initial(batch), tuple(s.initial(batch) for s in self.layers),
+                self.out_hidden.initial(batch), self.out_params.initial(batch))
+
+    def _pixel(self, images: tf.Tensor, i, j) -> tf.Tensor:
+        """images ``[N, H, W, C]`` in [0, 1] → the preprocessed pixel (i, j) ``[N, C]``."""
+        return tf.cast(self.model.preprocess(images[:, i, j, :]), self.dtype)
+
+    def step(self, cache: tuple, images: tf.Tensor, pos: Position,
+             labels: Optional[tf.Tensor] = None):
+        """→ (cache, the step's distribution parameters ``[N, P / groups]`` float32).
+        ``images`` ``[N, H, W, C]`` in [0, 1]: pixel (i, j)'s colours before group c are
+        read (later ones are masked)."""
+        in_cache, layer_caches, hid_cache, out_cache = cache
+        model = self.model
+        input_bias, conditions = model.class_vectors(labels)
+        in_cache, features = self.input.step(in_cache, self._pixel(images, pos.i, pos.j), pos)
+        if input_bias is not None:
+            features += colour_group(input_bias, self.groups, pos.c)
+        if isinstance(model.input_conv, blocks.GatedInput):
+            state = (None, features)  # the vertical stack comes from the row states
+        else:
+            state = model._layer_cls.initial_state(features)
+        new_caches = []
+        for step, layer_cache, condition in zip(self.layers, layer_caches, conditions):
+            layer_cache, state = step.step(layer_cache, state, pos, condition)
+            new_caches.append(layer_cache)
+        features = model._layer_cls.features(state)
+        hid_cache, y = self.out_hidden.step(hid_cache, tf.nn.relu(features), pos)
+        out_cache, params = self.out_params.step(out_cache, tf.nn.relu(y), pos)
+        return ((in_cache, tuple(new_caches), hid_cache, out_cache),
+                tf.cast(params, tf.float32))
+
+    def record(self, cache: tuple, images: tf.Tensor, pos: Position) -> tuple:
+        """Stores pixel (i, j) of ``images`` (its drawn values) in the input layer's cache."""
+        in_cache, *rest = cache
+        in_cache = self.input.write(in_cache, self._pixel(images, pos.i, pos.j), pos)
+        return (in_cache, *rest)
+
+    def finish_row(self, cache: tuple, images: tf.Tensor, row,
+                   labels: Optional[tf.Tensor] = None) -> tuple:
+        """Row ``row`` of ``images`` ``[N, H, W, C]`` (in [0, 1]) is final: the row-wise
+        layers' states for row ``row + 1``, from one pass of the network over that row (all
+        columns), reading only image rows up to ``row``."""
+        if not self.row_wise:
+            return cache
+        model = self.model
+        in_cache, layer_caches, hid_cache, out_cache = cache
+        kh = model.input_conv.kernel_size[0]
+        x = tf.cast(model.preprocess(images), self.dtype)
+        x = tf.pad(x, [[0, 0], [kh // 2, 0], [0, 0], [0, 0]])  # zero rows above the image
+        n, _, width, channels = x.shape
+        # Image rows row-kh//2 .. row → the input layer's features at row `row`.
+        window = tf.slice(x, tf.stack([0, row, 0, 0]), [-1, kh // 2 + 1, width, channels])
+        input_bias, conditions = model.class_vectors(labels)
+        features = model.input_conv(window)
+        if input_bias is not None:
+            features += per_image(input_bias, features)
+        # [N, kh//2+1, W, ·] → the last row [N, 1, W, ·] (rows above were only context).
+        state = tf.nest.map_structure(lambda t: t[:, -1:],
+                                      model._layer_cls.initial_state(features))
+        new_caches = []
+        for step, layer_cache, condition in zip(self.layers, layer_caches, conditions):
+            layer_cache, state = step.finish_row(layer_cache, state, condition)
+            new_caches.append(layer_cache)
+        return in_cache, tuple(new_caches), hid_cache, out_cache
+
+
+MODEL_STEPPERS: Dict[type, Callable] = {PixelRNN: PixelRNNStepper}
+
+
+def supports(model) -> bool:
+    """Whether ``model`` can be evaluated incrementally (its type, and for the PixelRNN
+    container every pixel layer's type, has steps here)."""
+    if type(model) not in MODEL_STEPPERS:
+        return False
+    return all(type(layer) in LAYER_STEPS for layer in getattr(model, "pixel_layers", ()))
+
+
+def stepper(model, dtype: Optional[tf.DType] = None):
+    """The model's incremental evaluator (``initial``, ``step``, ``record``,
+    ``finish_row``), computing in ``dtype`` (default: the model's compute dtype)."""
+    if not supports(model):
+        raise ValueError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
+                         f"has no incremental evaluation")
+    return MODEL_STEPPERS[type(model)](model, dtype)
