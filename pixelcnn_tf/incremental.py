@@ -479,3 +479,294 @@ def stepper(model, dtype: Optional[tf.DType] = None):
         raise ValueError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
                          f"has no incremental evaluation")
     return MODEL_STEPPERS[type(model)](model, dtype)
+
+
+# -- PixelCNN++ -----------------------------------------------------------------------------
+class _TwoRowConv:
+    """A ``pixelcnn_pp.ShiftedConv2D`` (2-row kernel, stride 1 or 2) evaluated a row or a
+    position at a time. Cache: its input's last two rows, zero-padded at the sides,
+    ``[N, 2, W_in + left + right, C_in]``, input row r in slot r % 2 (the slot of row -1
+    starts and stays zero until row 1 is written). Output row i reads input rows
+    s·i - 1 and s·i."""
+
+    def __init__(self, conv, width_in: int, dtype: tf.DType):
+        self.conv, self.width_in, self.dtype = conv, width_in, dtype
+        assert conv.kernel_size[0] == 2, conv.kernel_size
+        _, self.left, self.right = conv.padding
+        kh, kw = conv.kernel_size
+        self.weights = tf.reshape(tf.cast(conv.kernel, dtype), [-1, conv.features_out])
+        self.bias = tf.cast(conv.bias, dtype)
+
+    def initial(self, batch) -> tf.Tensor:
+        c_in = int(self.conv.kernel.shape[2])
+        return tf.zeros(tf.stack([batch, 2, self.width_in + self.left + self.right, c_in]),
+                        self.dtype)
+
+    def write_row(self, cache, x_row: tf.Tensor, row) -> tf.Tensor:
+        """``x_row`` ``[N, 1, W_in, C_in]`` is input row ``row``."""
+        x_row = tf.pad(x_row, [[0, 0], [0, 0], [self.left, self.right], [0, 0]])
+        slot = tf.equal(tf.range(2), row % 2)[None, :, None, None]  # [1, 2, 1, 1]
+        return tf.where(slot, x_row, cache)
+
+    def write(self, cache, x: tf.Tensor, i, j) -> tf.Tensor:
+        """``x`` ``[N, C_in]`` is the input at (i, j)."""
+        n = tf.shape(x)[0]
+        where = tf.stack([tf.range(n), tf.fill([n], i % 2), tf.fill([n], j + self.left)],
+                         axis=1)  # [N, 3]
+        return tf.tensor_scatter_nd_update(cache, where, x)
+
+    def _rows(self, cache, row_out):
+        """The two input rows output row ``row_out`` reads, in order ``[N, 2, W', C_in]``."""
+        top = self.conv.stride * row_out
+        return tf.gather(cache, tf.stack([(top - 1) % 2, top % 2]), axis=1)
+
+    def row(self, cache, row_out) -> tf.Tensor:
+        """Output row ``row_out`` ``[N, 1, W_out, F]``."""
+        return self.conv.valid(self._rows(cache, row_out))
+
+    def at(self, cache, i, j) -> tf.Tensor:
+        """The output at (i, j) ``[N, F]``."""
+        rows = self._rows(cache, i)
+        kw = self.conv.kernel_size[1]
+        n = tf.shape(rows)[0]
+        patch = tf.slice(rows, tf.stack([0, 0, self.conv.stride * j, 0]),
+                         tf.stack([n, 2, kw, rows.shape[-1]]))  # [N, 2, kw, C_in]
+        return tf.matmul(tf.reshape(patch, [n, -1]), self.weights) + self.bias
+
+
+class _BlockStep:
+    """A ``pixelcnn_pp.GatedResnet`` a row (u stream) or a position (ul stream) at a time,
+    through the block's own ``hidden`` and ``gate``. Cache: (conv1's, conv2's)."""
+
+    def __init__(self, block, width: int, dtype):
+        from pixelcnn_tf.pixelcnn_pp import concat_elu
+        self.block, self.concat_elu = block, concat_elu
+        self.conv1 = _TwoRowConv(block.conv1, width, dtype)
+        self.conv2 = _TwoRowConv(block.conv2, width, dtype)
+
+    def initial(self, batch):
+        return self.conv1.initial(batch), self.conv2.initial(batch)
+
+    def row(self, cache, x_row, aux_row, labels, r):
+        c1_cache, c2_cache = cache
+        c1_cache = self.conv1.write_row(c1_cache, self.concat_elu(x_row), r)
+        hidden = self.block.hidden(self.conv1.row(c1_cache, r), aux_row, training=False)
+        c2_cache = self.conv2.write_row(c2_cache, hidden, r)
+        return (c1_cache, c2_cache), self.block.gate(x_row, self.conv2.row(c2_cache, r), labels)
+
+    def at(self, cache, x, aux, labels, i, j):
+        c1_cache, c2_cache = cache
+        c1_cache = self.conv1.write(c1_cache, self.concat_elu(x), i, j)
+        hidden = self.block.hidden(self.conv1.at(c1_cache, i, j), aux, training=False)
+        c2_cache = self.conv2.write(c2_cache, hidden, i, j)
+        return (c1_cache, c2_cache), self.block.gate(x, self.conv2.at(c2_cache, i, j), labels)
+
+
+class PixelCNNPPStepper:
+    """A ``pixelcnn_pp.PixelCNNPlusPlus`` evaluated pixel by pixel, caching per
+    resolution (Ramachandran et al. 2017 did this for PixelCNN++).
+
+    Stage s (resolution H/2^s) advances only when its inputs are complete: its u-stream
+    row i (which sees image rows < 2^s·i) at the first step of full-resolution row 2^s·i;
+    its ul-stream position (i, j) (which sees the pixels before (2^s·i, 2^s·j)) at the step
+    of pixel (2^s·i, 2^s·j). Down blocks feed the up blocks of the same stage within that
+    step; up-sampled values are read from per-stage maps of the finished up-stage
+    outputs (full-resolution (r, c) reads (r//2, c//2)). Every step ends with the
+    mixture parameters of pixel (i, j), ``[N, P]``. The image is read from ``images``
+    itself (the input layers run on the two rows above), so ``record`` has nothing to do.
+    """
+
+    row_wise = False  # the u streams advance inside ``step`` (at the first pixel of a row)
+
+    def __init__(self, model, dtype: Optional[tf.DType] = None):
+        self.model = model
+        self.dtype = tf.as_dtype(dtype or model.compute_dtype)
+        self.groups = 1
+        height, width, _ = model.image_shape
+        self.height, self.width = height, width
+        self.widths = [width // 2 ** s for s in range(3)]
+        self.heights = [height // 2 ** s for s in range(3)]
+        d = self.dtype
+
+        def blocks_at(stage_blocks, s):
+            return [_BlockStep(b, self.widths[s], d) for b in stage_blocks]
+
+        self.down_u = [blocks_at(model.down_u[s], s) for s in range(3)]
+        self.down_ul = [blocks_at(model.down_ul[s], s) for s in range(3)]
+        self.up_u = {s: blocks_at(model.up_u[s], s) for s in (2, 1, 0)}
+        self.up_ul = {s: blocks_at(model.up_ul[s], s) for s in (2, 1, 0)}
+        self.downsample_u = [_TwoRowConv(c, self.widths[s], d)
+                             for s, c in enumerate(model.downsample_u)]
+        self.downsample_ul = [_TwoRowConv(c, self.widths[s], d)
+                              for s, c in enumerate(model.downsample_ul)]
+
+    def initial(self, batch) -> dict:
+        f, d = self.model.filters, self.dtype
+
+        def caches(steps):
+            return [s.initial(batch) for s in steps]
+
+        def rows(s, count):  # per-block output rows of stage s, for the ul blocks' aux
+            return [tf.zeros(tf.stack([batch, self.widths[s], f]), d) for _ in range(count)]
+
+        def stage_map(s):
+            return tf.zeros(tf.stack([batch, self.heights[s], self.widths[s], f]), d)
+
+        return {
+            "down_u": [caches(self.down_u[s]) for s in range(3)],
+            "down_ul": [caches(self.down_ul[s]) for s in range(3)],
+            "up_u": [caches(self.up_u[s]) for s in range(3)],
+            "up_ul": [caches(self.up_ul[s]) for s in range(3)],
+            "downsample_u": caches(self.downsample_u),
+            "downsample_ul": caches(self.downsample_ul),
+            "down_u_rows": [rows(s, len(self.down_u[s])) for s in range(3)],
+            "up_u_rows": [rows(s, len(self.up_u[s])) for s in range(3)],
+            "u_up_map": [stage_map(s) for s in range(3)],  # stage 0's is unused
+            "ul_up_map": [stage_map(s) for s in range(3)],
+        }
+
+    def _image(self, images):
+        """images ``[N, H, W, C]`` in [0, 1] → preprocessed, two zero rows on top."""
+        x = tf.cast(self.model.preprocess(images), self.dtype)
+        return tf.pad(x, [[0, 0], [2, 0], [0, 0], [0, 0]])  # [N, H + 2, W, C + 1]
+
+    # The u streams, a row at a time.
+    def _u_rows(self, cache: dict, x, r, labels) -> dict:
+        """At the first pixel of row r: the u streams of every stage due at row r."""
+        model = self.model
+        cache = {k: (list(v) if isinstance(v, list) else v) for k, v in cache.items()}
+        # u = down_shift(u_input(x)): row r is u_input's row r - 1, which reads image rows
+        # r-2..r-1 (padded rows r..r+1: row 1 of that window); row 0 is the zero row
+        # shifted in.
+        window = tf.slice(x, tf.stack([0, r, 0, 0]), tf.concat([[-1, 2], tf.shape(x)[2:]], 0))
+        u = model.u_input(window)[:, 1:2] * tf.cast(r > 0, self.dtype)  # [N, 1, W, F]
+        return self._u_stage(cache, 0, u, r, labels)
+
+    def _u_stage(self, cache, s, u, row, labels):
+        """Row ``row`` of stage s (down blocks from ``u``, the deeper stages when due, the
+        up blocks)."""
+        skips = [u]
+        down_caches, down_rows = list(cache["down_u"][s]), list(cache["down_u_rows"][s])
+        for b, step in enumerate(self.down_u[s]):
+            down_caches[b], u = step.row(down_caches[b], u, None, labels, row)
+            down_rows[b] = u[:, 0]
+            skips.append(u)
+        cache["down_u"] = _replace(cache["down_u"], s, down_caches)
+        cache["down_u_rows"] = _replace(cache["down_u_rows"], s, down_rows)
+        if s < 2:
+            conv = self.downsample_u[s]
+            cache["downsample_u"] = _replace(cache["downsample_u"], s, conv.write_row(
+                cache["downsample_u"][s], u, row))
+
+            def deeper(cache):
+                cache = dict(cache)
+                below = conv.row(cache["downsample_u"][s], row // 2)
+                return self._u_stage(cache, s + 1, below, row // 2, labels)
+
+            cache = tf.cond(tf.equal(row % 2, 0), lambda: deeper(cache), lambda: cache)
+            # Up-sampled from stage s + 1: row `row` reads its row row // 2.
+            above = cache["u_up_map"][s + 1][:, row // 2][:, None]  # [N, 1, W_{s+1}, F]
+            u = tf.gather(self.model.upsample_u[s + 1](above), row % 2, axis=1)[:, None]
+        else:
+            u = skips.pop()
+        up_caches, up_rows = list(cache["up_u"][s]), list(cache["up_u_rows"][s])
+        for b, step in enumerate(self.up_u[s]):
+            up_caches[b], u = step.row(up_caches[b], u, skips.pop(), labels, row)
+            up_rows[b] = u[:, 0]
+        cache["up_u"] = _replace(cache["up_u"], s, up_caches)
+        cache["up_u_rows"] = _replace(cache["up_u_rows"], s, up_rows)
+        if s > 0:
+            cache["u_up_map"] = _replace(cache["u_up_map"], s, _set_row(
+                cache["u_up_map"][s], u[:, 0], row))
+        return cache
+
+    # The ul streams, a position at a time.
+    def _ul_stage(self, cache, s, ul, i, j, labels):
+        """Position (i, j) of stage s; returns (cache, the up blocks' output ``[N, F]``)."""
+        skips = [ul]
+        down_caches = list(cache["down_ul"][s])
+        for b, step in enumerate(self.down_ul[s]):
+            aux = tf.gather(cache["down_u_rows"][s][b], j, axis=1)  # [N, F]
+            down_caches[b], ul = step.at(down_caches[b], ul, aux, labels, i, j)
+            skips.append(ul)
+        cache = dict(cache, down_ul=_replace(cache["down_ul"], s, down_caches))
+        if s < 2:
+            conv = self.downsample_ul[s]
+            cache["downsample_ul"] = _replace(cache["downsample_ul"], s, conv.write(
+                cache["downsample_ul"][s], ul, i, j))
+
+            def deeper(cache):
+                below = conv.at(cache["downsample_ul"][s], i // 2, j // 2)
+                cache, out = self._ul_stage(dict(cache), s + 1, below, i // 2, j // 2, labels)
+                return dict(cache, ul_up_map=_replace(cache["ul_up_map"], s + 1, _set_pixel(
+                    cache["ul_up_map"][s + 1], out, i // 2, j // 2)))
+
+            due = tf.equal(i % 2, 0) & tf.equal(j % 2, 0)
+            cache = tf.cond(due, lambda: deeper(cache), lambda: cache)
+            # Up-sampled from stage s + 1: (i, j) reads (i // 2, j // 2), kernel tap
+            # (i % 2, j % 2).
+            above = cache["ul_up_map"][s + 1][:, i // 2, j // 2][:, None, None]  # [N,1,1,F]
+            taps = self.model.upsample_ul[s + 1](above)  # [N, 2, 2, F]
+            ul = tf.gather(tf.gather(taps, i % 2, axis=1), j % 2, axis=1)  # [N, F]
+        else:
+            ul = skips.pop()
+        up_caches = list(cache["up_ul"][s])
+        for b, step in enumerate(self.up_ul[s]):
+            aux = tf.concat([tf.gather(cache["up_u_rows"][s][b], j, axis=1), skips.pop()], -1)
+            up_caches[b], ul = step.at(up_caches[b], ul, aux, labels, i, j)
+        return dict(cache, up_ul=_replace(cache["up_ul"], s, up_caches)), ul
+
+    def step(self, cache: dict, images: tf.Tensor, pos: Position,
+             labels: Optional[tf.Tensor] = None):
+        """→ (cache, the mixture parameters of pixel (i, j) ``[N, P]`` float32)."""
+        model = self.model
+        labels = None if labels is None else tf.cast(labels, tf.int32)
+        x = self._image(images)
+        i, j = pos.i, pos.j
+        cache = tf.cond(tf.equal(j, 0), lambda: self._u_rows(cache, x, i, labels),
+                        lambda: cache)
+        # ul = down_shift(above(x)) + right_shift(left(x)) at (i, j): above's output at
+        # (i-1, j) (image row i-1) and left's at (i, j-1) (image rows i-1..i), computed on
+        # padded rows i+1..i+2; the shifted-in zero row and column count as zeros.
+        window = tf.slice(x, tf.stack([0, i + 1, 0, 0]), tf.concat([[-1, 2], tf.shape(x)[2:]],
+                                                                  0))
+        above = tf.gather(model.ul_input_above(window)[:, 0], j, axis=1)  # [N, F]
+        left = tf.gather(model.ul_input_left(window)[:, 1], tf.maximum(j - 1, 0), axis=1)
+        ul = above * tf.cast(i > 0, self.dtype) + left * tf.cast(j > 0, self.dtype)
+        cache, ul = self._ul_stage(cache, 0, ul, i, j, labels)
+        params = model.output_layer(tf.nn.elu(ul))
+        return cache, tf.cast(params, tf.float32)
+
+    def record(self, cache: dict, images: tf.Tensor, pos: Position) -> dict:
+        return cache  # the image is read from ``images`` at every step
+
+    def finish_row(self, cache: dict, images: tf.Tensor, row, labels=None) -> dict:
+        return cache  # the u streams advance in ``step``
+
+
+def _replace(items: list, index: int, value) -> list:
+    """A copy of ``items`` with ``items[index] = value``."""
+    items = list(items)
+    items[index] = value
+    return items
+
+
+def _set_row(stage_map: tf.Tensor, row_values: tf.Tensor, row) -> tf.Tensor:
+    """``stage_map`` ``[N, H, W, F]`` with row ``row`` set to ``row_values`` ``[N, W, F]``."""
+    here = tf.equal(tf.range(stage_map.shape[1]), row)[None, :, None, None]
+    return tf.where(here, row_values[:, None], stage_map)
+
+
+def _set_pixel(stage_map: tf.Tensor, values: tf.Tensor, i, j) -> tf.Tensor:
+    """``stage_map`` ``[N, H, W, F]`` with (i, j) set to ``values`` ``[N, F]``."""
+    n = tf.shape(values)[0]
+    where = tf.stack([tf.range(n), tf.fill([n], i), tf.fill([n], j)], axis=1)
+    return tf.tensor_scatter_nd_update(stage_map, where, values)
+
+
+def _register_pixelcnn_pp() -> None:
+    from pixelcnn_tf.pixelcnn_pp import PixelCNNPlusPlus
+    MODEL_STEPPERS[PixelCNNPlusPlus] = PixelCNNPPStepper
+
+
+_register_pixelcnn_pp()

@@ -1,0 +1,303 @@
+"""PixelCNN++ (Salimans et al. 2017, "PixelCNN++: Improving the PixelCNN with Discretized
+Logistic Mixture Likelihood and Other Modifications"): ``model.type: pixelcnn_pp``.
+
+Two streams of F filters with no blind spot, built from shifted (not masked) kernels:
+  u   (down-shifted): the value at row i sees the rows above i only (2x3 kernels whose
+      output row i reads input rows i-1..i, started from the image shifted down a row);
+  ul  (down-right-shifted): the value at (i, j) sees the rows above and the pixels left
+      of (i, j) in row i (2x2 kernels reading rows i-1..i, columns j-1..j, started from
+      the image shifted down and shifted right), and reads u at every block.
+Three resolutions: ``blocks_per_stage`` gated ResNet blocks per stage; stride-2 shifted
+convolutions go down (H → H/2 → H/4), stride-2 transposed shifted convolutions come
+back up, and every down block's output enters the matching up block (U-net style:
+``nr_resnet + 1`` blocks per up stage at H/2 and H). A gated ResNet block is
+x + a·σ(b) with [a | b] = conv(dropout(concat_elu(conv(concat_elu(x)) + 1x1(concat_elu(aux)))))
+(+ a per-class vector), concat_elu(x) = elu([x, -x]). The output 1x1 layer predicts the
+discretized logistic mixture (likelihood.LogisticMixture) of each pixel, which depends
+only on pixels strictly before it (tested by Jacobian from the first step).
+
+Differences from the paper's code: plain initialisation (truncated normal, stddev
+sqrt(scale / fan_in), the second convolution of every block scaled down 10x) instead of
+weight normalisation with data-dependent initialisation; class conditioning is a learned
+vector per block and class (the paper's ``h`` projection of a one-hot label).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pixelcnn_tf.likelihood import LogisticMixture
+
+
+def concat_elu(x: tf.Tensor) -> tf.Tensor:
+    """``[..., C]`` → ``[..., 2C]``: elu of x and of -x."""
+    return tf.nn.elu(tf.concat([x, -x], axis=-1))
+
+
+def down_shift(x: tf.Tensor) -> tf.Tensor:
+    """``[B, H, W, C]`` moved down a row (zeros on top)."""
+    return tf.pad(x, [[0, 0], [1, 0], [0, 0], [0, 0]])[:, :-1]
+
+
+def right_shift(x: tf.Tensor) -> tf.Tensor:
+    """``[B, H, W, C]`` moved right a column (zeros on the left)."""
+    return tf.pad(x, [[0, 0], [0, 0], [1, 0], [0, 0]])[:, :, :-1]
+
+
+def _weights(shape, fan_in: int, init_scale: float, name: str) -> tf.Variable:
+    return tf.Variable(tf.random.truncated_normal(
+        shape, stddev=float(np.sqrt(init_scale / max(fan_in, 1)))), name=name)
+
+
+class ShiftedConv2D(tf.Module):
+    """A convolution whose output at (i, j) reads input rows s·i-kh+1..s·i (never a row
+    below) and columns s·j-left..s·j-left+kw-1, with zero padding: ``left = (kw-1)//2``
+    for a down-shifted kernel (centred columns), ``kw - 1`` for a down-right-shifted one
+    (columns up to j). Output size: ``ceil(H / s) x ceil(W / s)``.
+
+    Variables on the first call: kernel ``[kh, kw, C_in, F]`` (truncated normal, stddev
+    sqrt(init_scale / fan_in)), bias ``[F]`` (zeros).
+    """
+
+    def __init__(self, features_out: int, kernel_size: Sequence[int], right_shifted: bool,
+                 stride: int = 1, init_scale: float = 1.0, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.features_out = int(features_out)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        kh, kw = self.kernel_size
+        self.stride = int(stride)
+        # (top, left, right) zero padding.
+        self.padding = (kh - 1, kw - 1, 0) if right_shifted else (kh - 1, (kw - 1) // 2,
+                                                                  (kw - 1) // 2)
+        self.init_scale = init_scale
+        self.kernel: Optional[tf.Variable] = None
+        self.bias: Optional[tf.Variable] = None
+
+    def build(self, features_in: int) -> None:
+        if self.kernel is None:
+            kh, kw = self.kernel_size
+            with self.name_scope:
+                self.kernel = _weights((kh, kw, features_in, self.features_out),
+                                       kh * kw * features_in, self.init_scale, "kernel")
+                self.bias = tf.Variable(tf.zeros([self.features_out]), name="bias")
+
+    def pad(self, x: tf.Tensor) -> tf.Tensor:
+        """``[B, H, W, C]`` → ``[B, H + top, W + left + right, C]``."""
+        top, left, right = self.padding
+        return tf.pad(x, [[0, 0], [top, 0], [left, right], [0, 0]])
+
+    def valid(self, padded: tf.Tensor) -> tf.Tensor:
+        """The convolution of an already padded input (VALID, the layer's stride)."""
+        y = tf.nn.conv2d(padded, tf.cast(self.kernel, padded.dtype), strides=self.stride,
+                         padding="VALID")
+        return tf.nn.bias_add(y, tf.cast(self.bias, padded.dtype))
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        self.build(int(x.shape[-1]))
+        return self.valid(self.pad(x))
+
+
+class ShiftedDeconv2D(tf.Module):
+    """The stride-2 transposed convolution that undoes ``ShiftedConv2D``'s down-sampling:
+    ``[B, H, W, C]`` → ``[B, 2H, 2W, F]``; output row r reads input row r // 2 only, and
+    output column c reads columns (c+1)//2 - 1..c//2 (down-shifted, kernel 2x3: the
+    columns around c) or c // 2 (down-right-shifted, kernel 2x2). So a value that sees
+    only the pixels before (2i, 2j) at half resolution reaches full-resolution pixels
+    (r, c) with r >= 2i and, in row 2i, c >= 2j: causality is kept.
+    """
+
+    def __init__(self, features_out: int, right_shifted: bool, init_scale: float = 1.0,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        self.features_out = int(features_out)
+        self.kernel_size = (2, 2) if right_shifted else (2, 3)
+        self.crop_left = 0 if right_shifted else 1
+        self.init_scale = init_scale
+        self.kernel: Optional[tf.Variable] = None
+        self.bias: Optional[tf.Variable] = None
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        kh, kw = self.kernel_size
+        c_in = int(x.shape[-1])
+        if self.kernel is None:
+            with self.name_scope:
+                # conv2d_transpose kernels are [kh, kw, C_out, C_in].
+                self.kernel = _weights((kh, kw, self.features_out, c_in), kh * kw * c_in // 4,
+                                       self.init_scale, "kernel")
+                self.bias = tf.Variable(tf.zeros([self.features_out]), name="bias")
+        batch, height, width = tf.shape(x)[0], x.shape[1], x.shape[2]
+        full = [batch, 2 * height + kh - 1, 2 * width + kw - 1, self.features_out]
+        y = tf.nn.conv2d_transpose(x, tf.cast(self.kernel, x.dtype), tf.stack(full),
+                                   strides=2, padding="VALID")
+        # [B, 2H+1, 2W+kw-1, F] → [B, 2H, 2W, F]
+        y = y[:, :2 * height, self.crop_left:self.crop_left + 2 * width]
+        return tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
+
+
+class Dense(tf.Module):
+    """A 1x1 convolution (network in network): ``[..., C_in]`` → ``[..., F]``."""
+
+    def __init__(self, features_out: int, init_scale: float = 1.0,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        self.features_out = int(features_out)
+        self.init_scale = init_scale
+        self.kernel: Optional[tf.Variable] = None
+        self.bias: Optional[tf.Variable] = None
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        if self.kernel is None:
+            c_in = int(x.shape[-1])
+            with self.name_scope:
+                self.kernel = _weights((c_in, self.features_out), c_in, self.init_scale,
+                                       "kernel")
+                self.bias = tf.Variable(tf.zeros([self.features_out]), name="bias")
+        y = tf.tensordot(x, tf.cast(self.kernel, x.dtype), axes=[[-1], [0]])
+        y.set_shape(x.shape[:-1].concatenate([self.features_out]))
+        return y + tf.cast(self.bias, x.dtype)
+
+
+class GatedResnet(tf.Module):
+    """x + a·σ(b), [a | b] = conv2(dropout(concat_elu(conv1(concat_elu(x)) +
+    aux_proj(concat_elu(aux))))) + class vector; conv1 and conv2 are shifted like the
+    stream (2x3 down-shifted for u, 2x2 down-right-shifted for ul). ``x`` ``[B, H, W, F]``
+    → the same."""
+
+    def __init__(self, filters: int, right_shifted: bool, has_aux: bool, dropout: float,
+                 num_classes: int, name: Optional[str] = None):
+        super().__init__(name=name)
+        kernel = (2, 2) if right_shifted else (2, 3)
+        self.filters, self.dropout = filters, float(dropout)
+        with self.name_scope:
+            self.conv1 = ShiftedConv2D(filters, kernel, right_shifted, name="conv1")
+            self.aux_proj = Dense(filters, name="aux") if has_aux else None
+            self.conv2 = ShiftedConv2D(2 * filters, kernel, right_shifted, init_scale=0.1,
+                                       name="conv2")
+            self.class_vector = (tf.Variable(tf.zeros([num_classes, 2 * filters]),
+                                             name="class_vector") if num_classes else None)
+
+    def gate(self, x, c2, labels):
+        """The block's output from its input ``x`` and conv2's output ``c2`` (any shape
+        ``[..., F]``, ``[..., 2F]``)."""
+        if self.class_vector is not None:
+            vector = tf.cast(tf.gather(self.class_vector, labels), c2.dtype)  # [B, 2F]
+            c2 += tf.reshape(vector, [-1] + [1] * (c2.shape.rank - 2) + [2 * self.filters])
+        a, b = tf.split(c2, 2, axis=-1)
+        return x + a * tf.sigmoid(b)
+
+    def hidden(self, c1, aux, training: bool):
+        """conv1's output (+ the aux projection) → conv2's input."""
+        if self.aux_proj is not None:
+            c1 += self.aux_proj(concat_elu(aux))
+        c1 = concat_elu(c1)
+        if training and self.dropout > 0:
+            c1 = tf.nn.dropout(c1, rate=self.dropout)
+        return c1
+
+    def __call__(self, x, aux=None, labels=None, training: bool = False):
+        c1 = self.hidden(self.conv1(concat_elu(x)), aux, training)
+        return self.gate(x, self.conv2(c1), labels)
+
+
+class PixelCNNPlusPlus(tf.Module):
+    """The PixelCNN++ network: images ``[B, H, W, C]`` in [0, 1] (H, W multiples of 4)
+    → logistic-mixture parameters ``[B, H, W, P]`` (float32), P = 10·num_mixtures for RGB.
+
+    ``filters`` F (the paper: 160), ``blocks_per_stage`` (the paper: 5), ``dropout`` (the
+    paper: 0.5 on CIFAR-10; only with ``training=True``).
+    """
+
+    def __init__(self, image_shape: Sequence[int], filters: int = 160,
+                 blocks_per_stage: int = 5, num_mixtures: int = 10, dropout: float = 0.0,
+                 num_classes: int = 0, compute_dtype: tf.DType = tf.float32,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        from pixelcnn_tf.models import check_image_shape
+        self.image_shape = check_image_shape(image_shape)
+        height, width, n_colors = self.image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"pixelcnn_pp halves the image twice: height and width must be "
+                             f"multiples of 4, got {height}x{width}")
+        self.n_colors = n_colors
+        self.compute_dtype = tf.as_dtype(compute_dtype)
+        self.distribution = LogisticMixture(n_colors, num_mixtures)
+        self.groups = 1
+        self.layer_type = "pixelcnn_pp"
+        self.num_classes = int(num_classes)
+        self.filters, self.blocks_per_stage = int(filters), int(blocks_per_stage)
+        f, n = self.filters, self.blocks_per_stage
+
+        def block(right, aux, name):
+            return GatedResnet(f, right, aux, dropout, self.num_classes, name=name)
+
+        with self.name_scope:
+            self.u_input = ShiftedConv2D(f, (2, 3), False, name="u_input")
+            self.ul_input_above = ShiftedConv2D(f, (1, 3), False, name="ul_input_above")
+            self.ul_input_left = ShiftedConv2D(f, (2, 1), True, name="ul_input_left")
+            # down[s]: blocks of stage s (resolution H / 2^s); up[s] likewise.
+            self.down_u = [[block(False, False, f"down{s}_u{b}") for b in range(n)]
+                           for s in range(3)]
+            self.down_ul = [[block(True, True, f"down{s}_ul{b}") for b in range(n)]
+                            for s in range(3)]
+            self.downsample_u = [ShiftedConv2D(f, (2, 3), False, stride=2,
+                                               name=f"downsample{s}_u") for s in range(2)]
+            self.downsample_ul = [ShiftedConv2D(f, (2, 2), True, stride=2,
+                                                name=f"downsample{s}_ul") for s in range(2)]
+            up_blocks = [n, n + 1, n + 1]  # stages 2 (H/4), 1 (H/2), 0 (H)
+            self.up_u = {s: [block(False, True, f"up{s}_u{b}") for b in range(m)]
+                         for s, m in zip((2, 1, 0), up_blocks)}
+            self.up_ul = {s: [block(True, True, f"up{s}_ul{b}") for b in range(m)]
+                          for s, m in zip((2, 1, 0), up_blocks)}
+            self.upsample_u = {s: ShiftedDeconv2D(f, False, name=f"upsample{s}_u")
+                               for s in (2, 1)}
+            self.upsample_ul = {s: ShiftedDeconv2D(f, True, name=f"upsample{s}_ul")
+                                for s in (2, 1)}
+            self.output_layer = Dense(self.distribution.num_params, name="output")
+
+    @staticmethod
+    def preprocess(images: tf.Tensor) -> tf.Tensor:
+        """[0, 1] → [-1, 1] with a channel of ones (so the first layers can tell the
+        zero padding from the image): ``[B, H, W, C]`` → ``[B, H, W, C + 1]``."""
+        x = tf.cast(images, tf.float32) * 2.0 - 1.0
+        return tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)
+
+    def input_streams(self, x: tf.Tensor):
+        """Preprocessed images → (u, ul) ``[B, H, W, F]`` each."""
+        u = down_shift(self.u_input(x))
+        ul = down_shift(self.ul_input_above(x)) + right_shift(self.ul_input_left(x))
+        return u, ul
+
+    @tf.Module.with_name_scope
+    def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
+                 training: bool = False) -> tf.Tensor:
+        from pixelcnn_tf.models import check_inputs
+        images = tf.convert_to_tensor(images)
+        check_inputs(self, images, labels)
+        labels = None if labels is None else tf.cast(labels, tf.int32)
+        x = tf.cast(self.preprocess(images), self.compute_dtype)
+        u, ul = self.input_streams(x)
+        skips_u: List[tf.Tensor] = [u]
+        skips_ul: List[tf.Tensor] = [ul]
+        for s in range(3):
+            if s > 0:
+                u = self.downsample_u[s - 1](u)
+                ul = self.downsample_ul[s - 1](ul)
+                skips_u.append(u)
+                skips_ul.append(ul)
+            for block_u, block_ul in zip(self.down_u[s], self.down_ul[s]):
+                u = block_u(u, None, labels, training)
+                ul = block_ul(ul, u, labels, training)
+                skips_u.append(u)
+                skips_ul.append(ul)
+        u, ul = skips_u.pop(), skips_ul.pop()
+        for s in (2, 1, 0):
+            if s < 2:
+                u = self.upsample_u[s + 1](u)
+                ul = self.upsample_ul[s + 1](ul)
+            for block_u, block_ul in zip(self.up_u[s], self.up_ul[s]):
+                u = block_u(u, skips_u.pop(), labels, training)
+                ul = block_ul(ul, tf.concat([u, skips_ul.pop()], axis=-1), labels, training)
+        params = self.output_layer(tf.nn.elu(ul))  # [B, H, W, P]
+        return tf.cast(params, tf.float32)
