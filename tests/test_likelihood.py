@@ -73,3 +73,108 @@ def test_evaluation_sums_nats_instead_of_averaging_batch_means(rng, tmp_path):
     batch_means = [per_image[i:i + 3].mean() for i in range(0, 7, 3)]
     wrong = np.mean(batch_means) / (16 * math.log(2))
     assert abs(wrong - expected) > 1e-3
+
+
+# -- the discretized logistic mixture --------------------------------------------------------
+from pixelcnn_tf.likelihood import LogisticMixture, log_bin_probs  # noqa: E402
+
+
+def numpy_logistic_bins(mean, log_scale):
+    """Probabilities of the 256 bins of one discretized logistic, computed with 60-digit
+    decimals (no cancellation), as float64."""
+    import decimal
+    ctx = decimal.Context(prec=60)
+    mean, s = ctx.create_decimal(float(mean)), ctx.create_decimal(float(log_scale)).exp(ctx)
+
+    def sigmoid(t):
+        return 1 / (1 + (-t).exp(ctx)) if t > -10000 else decimal.Decimal(0)
+
+    probs = []
+    for v in range(256):
+        x = ctx.create_decimal(v) / ctx.create_decimal(127.5) - 1
+        upper = 1 if v == 255 else sigmoid((x + ctx.create_decimal(1) / 255 - mean) / s)
+        lower = 0 if v == 0 else sigmoid((x - ctx.create_decimal(1) / 255 - mean) / s)
+        probs.append(float(upper - lower))
+    return np.array(probs)
+
+
+def mixture_params(rng, n, dist, scale):
+    return tf.constant((rng.normal(size=(n, dist.num_params)) * scale).astype(np.float32))
+
+
+@pytest.mark.parametrize("colours", [1, 3])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0, 1000.0])
+def test_mixture_conditionals_sum_to_one_and_chain_to_the_nll(colours, scale, rng):
+    """For random and extreme parameters: every colour's 256 probabilities sum to 1, and
+    the per-colour conditionals the sampler draws from multiply to the likelihood."""
+    dist = LogisticMixture(colours, 4)
+    params = mixture_params(rng, 6, dist, scale)
+    pixels = rng.integers(0, 256, size=(6, colours))
+    pixels[0], pixels[1] = 0, 255  # the edge bins
+    total = np.zeros(6)
+    for c in range(colours):
+        logits = dist.subpixel_logits(params, tf.constant(pixels), c).numpy().astype(np.float64)
+        np.testing.assert_allclose(np.exp(logits).sum(-1), 1.0, atol=1e-5)
+        total += logits[np.arange(6), pixels[:, c]]
+    nll = dist.nll_per_image(tf.reshape(params, [6, 1, 1, -1]),
+                             tf.constant(pixels.reshape(6, 1, 1, colours))).numpy()
+    assert np.all(np.isfinite(nll))
+    np.testing.assert_allclose(nll, -total, rtol=1e-5, atol=1e-3)
+
+
+def test_log_bin_probs_match_float64_and_stay_finite():
+    values = tf.range(256)
+    for mean, log_scale in [(0.0, 0.0), (0.3, -3.0), (-0.9, -7.0), (0.99, 2.0), (0.0, 30.0),
+                            (5.0, -7.0), (-5.0, -7.0)]:
+        got = log_bin_probs(values, mean, tf.constant(log_scale)).numpy()
+        assert np.all(np.isfinite(got)), (mean, log_scale)
+        assert np.exp(got.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-5)
+        expected = numpy_logistic_bins(mean, log_scale)
+        ok = expected > 1e-30  # float64 itself underflows beyond
+        np.testing.assert_allclose(got[ok], np.log(expected[ok]), rtol=1e-4, atol=1e-4)
+
+
+def test_mixture_matches_a_numpy_reference(rng):
+    """Means: green moves with red, blue with red and green; weights shared by colours."""
+    dist = LogisticMixture(3, 2)
+    params = mixture_params(rng, 3, dist, 1.0)
+    pixels = rng.integers(0, 256, size=(3, 3))
+    p = params.numpy().astype(np.float64)
+    logits, means, log_scales, coeffs = (p[:, :2], p[:, 2:8].reshape(3, 3, 2),
+                                         np.maximum(p[:, 8:14].reshape(3, 3, 2), -7.0),
+                                         np.tanh(p[:, 14:20].reshape(3, 3, 2)))
+    expected = []
+    for b in range(3):
+        x = pixels[b] / 127.5 - 1.0
+        total = 0.0
+        for k in range(2):
+            m = means[b, :, k] + np.array([0.0, coeffs[b, 0, k] * x[0],
+                                           coeffs[b, 1, k] * x[0] + coeffs[b, 2, k] * x[1]])
+            prob = np.prod([numpy_logistic_bins(m[c], log_scales[b, c, k])[pixels[b, c]]
+                            for c in range(3)])
+            w = np.exp(logits[b] - logits[b].max())
+            total += w[k] / w.sum() * prob
+        expected.append(-np.log(total))
+    got = dist.nll_per_image(tf.reshape(params, [3, 1, 1, -1]),
+                             tf.constant(pixels.reshape(3, 1, 1, 3))).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_zero_output_mixture_model_has_the_closed_form_value(channels, rng, tmp_path):
+    """All-zero parameters: every sub-pixel is a logistic(0, 1) discretized into 256 bins
+    (equal mixture weights of identical components, coefficients tanh(0) = 0), so the NLL
+    of an image is Σ -log(σ(x + 1/255) - σ(x - 1/255)) with the tails at 0 and 255."""
+    cfg = tiny_config(channels, output="logistic_mixture", num_mixtures=3)
+    trainer = Trainer(cfg, str(tmp_path), (4, 5, channels))
+    out = trainer.model.output_logits
+    out.kernel.assign(tf.zeros_like(out.kernel))
+    out.bias.assign(tf.zeros_like(out.bias))
+    images = rng.integers(0, 256, size=(7, 4, 5, channels)).astype(np.uint8)
+    images[0] = 0
+    images[1] = 255
+    ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(7, np.int32))).batch(3)
+    result = trainer.evaluate(ds)
+    bins = numpy_logistic_bins(0.0, 0.0)
+    expected = -np.log(bins[images]).sum() / (images.size * math.log(2))
+    assert result.bits_per_dim == pytest.approx(expected, rel=1e-6)

@@ -8,34 +8,93 @@ from pixelcnn_tf.models import build_model, count_parameters
 
 
 def raster_jacobian(model, image_shape, seed=0, labels=None, n_images=8):
-    """|d(projected logits at sub-pixel k) / d(input sub-pixel k')| summed over a few
-    random images, as a [K, K] matrix in raster order ((i, j, c) with c fastest)."""
+    """|d(projected output at step k) / d(input sub-pixel k')| summed over a few random
+    images, as a [K, K'] matrix in raster order. Categorical output: steps are sub-pixels
+    ((i, j, c) with c fastest), K = H·W·C; logistic mixture: steps are pixels, K = H·W."""
     h, w, c = image_shape
     gen = np.random.default_rng(seed)
     x = tf.constant(gen.uniform(size=(n_images, h, w, c)).astype(np.float32))
-    proj = tf.constant(gen.normal(size=(1, h, w, c, 256)).astype(np.float32))
     if labels is not None:
         labels = tf.repeat(labels, n_images)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = tf.reduce_sum(model(x, labels) * proj, axis=-1)  # [N, H, W, C]
-    jac = tape.batch_jacobian(y, x)  # [N, H, W, C, H, W, C]
-    k = h * w * c
-    return np.abs(jac.numpy().reshape(n_images, k, k)).sum(axis=0)  # [K, K]
+        out = model(x, labels)  # [N, H, W, C, 256] or [N, H, W, P]
+        proj = tf.constant(gen.normal(size=(1, *out.shape[1:])).astype(np.float32))
+        y = tf.reduce_sum(out * proj, axis=-1)  # [N, H, W, C] or [N, H, W]
+    jac = tape.batch_jacobian(y, x)  # [N, *y.shape[1:], H, W, C]
+    k = int(np.prod(y.shape[1:]))
+    return np.abs(jac.numpy().reshape(n_images, k, h * w * c)).sum(axis=0)  # [K, K']
+
+
+def assert_causal_without_blind_spots(jac, per_step: int):
+    """Step k (``per_step`` sub-pixels each) depends on every earlier sub-pixel's input
+    somewhere and on nothing from sub-pixel ``k·per_step`` on."""
+    k = jac.shape[0]
+    first_unseen = np.arange(k)[:, None] * per_step  # the step's first sub-pixel
+    future = np.arange(jac.shape[1])[None, :] >= first_unseen
+    assert np.all(jac[future] == 0.0), "an output depends on the current or a later input"
+    for out in range(1, k):
+        assert np.any(jac[out, :out * per_step] != 0.0), f"step {out} ignores its inputs"
 
 
 @pytest.mark.parametrize("layer_type", sorted(PIXEL_LAYERS))
 @pytest.mark.parametrize("channels", [1, 3])
-def test_causality_by_jacobian(layer_type, channels):
+@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
+def test_causality_by_jacobian(layer_type, channels, output):
+    """Untrained models (from the first step): categorical outputs see the sub-pixels
+    before them, mixture outputs the pixels before them."""
     tf.random.set_seed(0)
     shape = (5, 5, channels)
-    model = build_model(tiny_config(channels, type=layer_type).model, shape)
+    model = build_model(tiny_config(channels, type=layer_type, output=output,
+                                    num_mixtures=2).model, shape)
     jac = raster_jacobian(model, shape)
-    k = jac.shape[0]
-    future = np.triu(np.ones((k, k), bool))  # input index >= output index
-    assert np.all(jac[future] == 0.0), "an output depends on the current or a later input"
-    for out in range(1, k):
-        assert np.any(jac[out, :out] != 0.0), f"output {out} ignores every earlier input"
+    assert_causal_without_blind_spots(jac, 1 if output == "categorical" else channels)
+
+
+def pp_config(channels, **kw):
+    return tiny_config(channels, type="pixelcnn_pp", output="logistic_mixture",
+                       num_mixtures=2, hidden_dim=4, n_layers=1, **kw).model
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("num_classes", [0, 2])
+def test_pixelcnn_pp_is_causal_from_the_first_step(channels, num_classes):
+    """An untrained PixelCNN++ (three resolutions): the parameters of pixel (i, j) depend
+    on every pixel before it (no blind spot) and on nothing from (i, j) on."""
+    tf.random.set_seed(0)
+    shape = (8, 8, channels)
+    model = build_model(pp_config(channels, num_classes=num_classes), shape)
+    labels = None
+    if num_classes:
+        for block in model.submodules:
+            if getattr(block, "class_vector", None) is not None:
+                block.class_vector.assign(tf.random.normal(block.class_vector.shape))
+        labels = tf.constant([1])
+    jac = raster_jacobian(model, shape, labels=labels, n_images=4)
+    assert_causal_without_blind_spots(jac, channels)
+
+
+def test_pixelcnn_pp_paper_size_and_dropout():
+    from pixelcnn_tf.config import load_config
+    cfg = load_config("configs/cifar10_pixelcnn_pp.yml").model
+    assert (cfg.hidden_dim * 2, cfg.n_layers, cfg.num_mixtures, cfg.dropout) == (160, 5, 10, 0.5)
+    model = build_model(cfg, (32, 32, 3))
+    assert count_parameters(model) == PIXELCNN_PP_CIFAR10_PARAMETERS  # stated in the README
+    x = tf.random.uniform([2, 32, 32, 3])
+    a, b = model(x, training=True), model(x, training=True)
+    assert not np.allclose(a.numpy(), b.numpy())  # dropout while training
+    np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())  # none otherwise
+
+
+PIXELCNN_PP_CIFAR10_PARAMETERS = 53_618_660
+
+
+def test_pixelcnn_pp_shapes_and_errors():
+    model = build_model(pp_config(3), (8, 12, 3))
+    assert model(tf.zeros([2, 8, 12, 3])).shape == (2, 8, 12, 20)  # 10 parameters x 2
+    assert model.distribution.groups == 1
+    with pytest.raises(ValueError, match="multiples of 4"):
+        build_model(pp_config(3), (8, 10, 3))
 
 
 def test_output_shape_and_eager_equals_graph(rng):
@@ -97,9 +156,10 @@ def test_rgb_model_rejects_widths_not_divisible_by_three():
         build_model(tiny_config(1).model, (4, 4, 3))  # hidden_dim=4 → 2h=8
 
 
-@pytest.mark.parametrize("layer_type", sorted(PIXEL_LAYERS))
+@pytest.mark.parametrize("layer_type", [*sorted(PIXEL_LAYERS), "pixelcnn_pp"])
 def test_bfloat16_compute_for_every_type(layer_type, rng):
-    cfg = tiny_config(3, type=layer_type).model
+    cfg = (pp_config(3) if layer_type == "pixelcnn_pp"
+           else tiny_config(3, type=layer_type).model)
     tf.random.set_seed(0)
     full = build_model(cfg, (4, 4, 3))
     tf.random.set_seed(0)

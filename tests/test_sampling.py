@@ -115,45 +115,66 @@ def test_cacheable_types():
     assert CACHEABLE == sorted(blocks.PIXEL_LAYERS)  # every type has a fast sampler
 
 
-def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0):
+# Every model with an incremental evaluation: (layer type, output) pairs and pixelcnn_pp.
+VARIANTS = [(t, o) for t in CACHEABLE for o in ("categorical", "logistic_mixture")]
+VARIANTS.append(("pixelcnn_pp", "logistic_mixture"))
+
+
+def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0,
+                 output="categorical"):
     tf.random.set_seed(seed)
-    model = build_model(tiny_config(channels, type=layer_type, num_classes=num_classes,
-                                    kernel_size=3, input_kernel_size=5).model,
-                        (*shape, channels))
+    if layer_type == "pixelcnn_pp":
+        cfg = tiny_config(channels, type=layer_type, output=output, num_mixtures=2,
+                          hidden_dim=4, n_layers=1, num_classes=num_classes)
+        shape = (8, 8)  # three resolutions: multiples of 4
+    else:
+        cfg = tiny_config(channels, type=layer_type, num_classes=num_classes, kernel_size=3,
+                          input_kernel_size=5, output=output, num_mixtures=2)
+    model = build_model(cfg.model, (*shape, channels))
     for v in model.trainable_variables:  # non-zero biases and class biases everywhere
-        if "bias" in v.name:
+        if "bias" in v.name or "class" in v.name:
             v.assign(tf.random.normal(v.shape, stddev=0.5))
     return model
 
 
-@pytest.mark.parametrize("layer_type", CACHEABLE)
+def run_steps(model, x, labels):
+    """The incremental evaluation over every step in order → the step parameters, as a
+    list in raster order, with the full pass's parameters of the same steps."""
+    stepper = incremental.stepper(model)
+    distribution = model.distribution
+    full = model(x, labels)
+    height, width, _ = model.image_shape
+    cache = stepper.initial(x.shape[0])
+    got, want = [], []
+    for i in range(height):
+        if i > 0 and stepper.row_wise:  # row-wise layers: row i - 1 is complete
+            cache = stepper.finish_row(cache, x, i - 1, labels)
+        for j in range(width):
+            for c in range(distribution.groups):
+                cache, params = stepper.step(cache, x, Position(i, j, c), labels)
+                cache = stepper.record(cache, x, Position(i, j, c))
+                got.append(params.numpy())
+                want.append(distribution.at(full, i, j, c).numpy())
+    return got, want
+
+
+@pytest.mark.parametrize("layer_type,output", VARIANTS)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("num_classes", [0, 3])
-def test_step_params_equal_full_pass(layer_type, channels, num_classes, rng):
-    """Per-step logits of the cached evaluation agree with the full forward pass."""
-    model = random_model(channels, layer_type, num_classes)
-    h, w = 5, 4
-    x = tf.constant(rng.uniform(size=(2, h, w, channels)).astype(np.float32))
+def test_step_params_equal_full_pass(layer_type, output, channels, num_classes, rng):
+    """Per-step parameters of the incremental evaluation agree with the full pass."""
+    model = random_model(channels, layer_type, num_classes, output=output)
+    x = tf.constant(rng.uniform(size=(2, *model.image_shape)).astype(np.float32))
     labels = tf.constant([0, 2]) if num_classes else None
-    full = model(x, labels).numpy()  # [2, H, W, C, 256]
-    stepper = incremental.stepper(model)
-    cache = stepper.initial(2)
-    for i in range(h):
-        if i > 0:  # row-wise layers: row i - 1 is complete
-            cache = stepper.finish_row(cache, x, i - 1, labels)
-        for j in range(w):
-            for c in range(channels):
-                cache, logits = stepper.step(cache, x, Position(i, j, c), labels)
-                cache = stepper.record(cache, x, Position(i, j, c))
-                np.testing.assert_allclose(logits.numpy(), full[:, i, j, c], rtol=1e-4,
-                                           atol=1e-4, err_msg=f"sub-pixel {(i, j, c)}")
+    for k, (got, want) in enumerate(zip(*run_steps(model, x, labels))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
 
 
-@pytest.mark.parametrize("layer_type", CACHEABLE)
+@pytest.mark.parametrize("layer_type,output", VARIANTS)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_fast_equals_naive(layer_type, channels):
-    model = random_model(channels, layer_type)
-    kwargs = dict(img_dims=(5, 4), n_images=3, n_channels=channels)
+def test_fast_equals_naive(layer_type, output, channels):
+    model = random_model(channels, layer_type, output=output)
+    kwargs = dict(img_dims=model.image_shape[:2], n_images=3, n_channels=channels)
     drawn = []
     for extra in (dict(seed=11), dict(seed=12, temperature=0.7), dict(greedy=True)):
         naive = generate_images(model, method="naive", **kwargs, **extra)
@@ -163,18 +184,23 @@ def test_fast_equals_naive(layer_type, channels):
     assert len(np.unique(drawn[0])) > 1  # a sampled (not greedy) image varies
 
 
-@pytest.mark.parametrize("layer_type", CACHEABLE)
+@pytest.mark.parametrize("layer_type,output", VARIANTS)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_fast_completion_equals_naive(layer_type, channels, rng):
-    model = random_model(channels, layer_type, num_classes=2)
-    init = rng.integers(0, 256, size=(4, 5, 4, channels)).astype(np.uint8)
-    for start in [(0, 0, 0), (2, 0, 0), (3, 2, channels - 1), (4, 3, channels - 1)]:
+def test_fast_completion_equals_naive(layer_type, output, channels, rng):
+    model = random_model(channels, layer_type, num_classes=2, output=output)
+    height, width, _ = model.image_shape
+    init = rng.integers(0, 256, size=(4, *model.image_shape)).astype(np.uint8)
+    starts = [(0, 0, 0), (2, 0, 0), (3, 2, channels - 1), (height - 1, width - 1, channels - 1)]
+    if channels == 3:
+        starts.append((1, 1, 1))  # inside a pixel: the mixture keeps red, draws green, blue
+    for start in starts:
         args = dict(seed=5, init_images=init, start=start, labels=[0, 1, 1, 0])
-        naive = generate_images(model, (5, 4), 4, channels, method="naive", **args)
-        fast = generate_images(model, (5, 4), 4, channels, method="fast", **args)
+        naive = generate_images(model, (height, width), 4, channels, method="naive", **args)
+        fast = generate_images(model, (height, width), 4, channels, method="fast", **args)
         np.testing.assert_array_equal(fast, naive, err_msg=str(start))
-        k0 = (start[0] * 4 + start[1]) * channels + start[2]
+        k0 = (start[0] * width + start[1]) * channels + start[2]
         np.testing.assert_array_equal(fast.reshape(4, -1)[:, :k0], init.reshape(4, -1)[:, :k0])
+        assert np.any(fast.reshape(4, -1)[:, k0:] != init.reshape(4, -1)[:, k0:])
 
 
 def test_fast_batch_sizes_and_seeds():
