@@ -593,8 +593,8 @@ class PixelCNNPPStepper:
 
         self.down_u = [blocks_at(model.down_u[s], s) for s in range(3)]
         self.down_ul = [blocks_at(model.down_ul[s], s) for s in range(3)]
-        self.up_u = {s: blocks_at(model.up_u[s], s) for s in (2, 1, 0)}
-        self.up_ul = {s: blocks_at(model.up_ul[s], s) for s in (2, 1, 0)}
+        self.up_u = [blocks_at(model.up_u[s], s) for s in range(3)]
+        self.up_ul = [blocks_at(model.up_ul[s], s) for s in range(3)]
         self.downsample_u = [_TwoRowConv(c, self.widths[s], d)
                              for s, c in enumerate(model.downsample_u)]
         self.downsample_ul = [_TwoRowConv(c, self.widths[s], d)
@@ -666,7 +666,7 @@ class PixelCNNPPStepper:
             cache = tf.cond(tf.equal(row % 2, 0), lambda: deeper(cache), lambda: cache)
             # Up-sampled from stage s + 1: row `row` reads its row row // 2.
             above = cache["u_up_map"][s + 1][:, row // 2][:, None]  # [N, 1, W_{s+1}, F]
-            u = tf.gather(self.model.upsample_u[s + 1](above), row % 2, axis=1)[:, None]
+            u = tf.gather(self.model.upsample_u[s](above), row % 2, axis=1)[:, None]
         else:
             u = skips.pop()
         up_caches, up_rows = list(cache["up_u"][s]), list(cache["up_u_rows"][s])
@@ -706,7 +706,7 @@ class PixelCNNPPStepper:
             # Up-sampled from stage s + 1: (i, j) reads (i // 2, j // 2), kernel tap
             # (i % 2, j % 2).
             above = cache["ul_up_map"][s + 1][:, i // 2, j // 2][:, None, None]  # [N,1,1,F]
-            taps = self.model.upsample_ul[s + 1](above)  # [N, 2, 2, F]
+            taps = self.model.upsample_ul[s](above)  # [N, 2, 2, F]
             ul = tf.gather(tf.gather(taps, i % 2, axis=1), j % 2, axis=1)  # [N, F]
         else:
             ul = skips.pop()

@@ -138,14 +138,14 @@ def model_types() -> tuple:
 
 
 def build_model(model_config, image_shape: Sequence[int],
-                compute_dtype: tf.DType = tf.float32) -> tf.Module:
+                compute_dtype: tf.DType = tf.float32, seed: int = 0) -> tf.Module:
     """Builds a model from ``model_config`` (a ``ModelConfig``) and creates its variables.
 
     Returns a ``tf.Module``: ``model(images, labels=None, training=False)`` with images
     ``[B, H, W, C]`` in [0, 1] returns the float32 parameters of ``model.distribution``
     (categorical logits ``[B, H, W, C, 256]`` or mixture parameters ``[B, H, W, P]``).
     ``compute_dtype`` (bfloat16 or float16 for mixed precision) is the dtype of the
-    layers' arithmetic.
+    layers' arithmetic; ``seed`` seeds the dropout masks (models with dropout).
     """
     if model_config.type == "pixelcnn_pp":
         from pixelcnn_tf.pixelcnn_pp import PixelCNNPlusPlus
@@ -153,7 +153,7 @@ def build_model(model_config, image_shape: Sequence[int],
             image_shape, filters=2 * model_config.hidden_dim,
             blocks_per_stage=model_config.n_layers, num_mixtures=model_config.num_mixtures,
             dropout=model_config.dropout, num_classes=model_config.num_classes,
-            compute_dtype=compute_dtype, name="pixelcnn_pp")
+            compute_dtype=compute_dtype, seed=seed, name="pixelcnn_pp")
     else:
         model = PixelRNN(image_shape, layer_type=model_config.type,
                          hidden_dim=model_config.hidden_dim, out_dim=model_config.out_dim,

@@ -166,8 +166,10 @@ class GatedResnet(tf.Module):
     → the same."""
 
     def __init__(self, filters: int, right_shifted: bool, has_aux: bool, dropout: float,
-                 num_classes: int, name: Optional[str] = None):
+                 num_classes: int, dropout_rng: Optional[tf.random.Generator] = None,
+                 name: Optional[str] = None):
         super().__init__(name=name)
+        self._dropout_rng = dropout_rng  # (the model's; seeds each dropout mask)
         kernel = (2, 2) if right_shifted else (2, 3)
         self.filters, self.dropout = filters, float(dropout)
         with self.name_scope:
@@ -193,7 +195,8 @@ class GatedResnet(tf.Module):
             c1 += self.aux_proj(concat_elu(aux))
         c1 = concat_elu(c1)
         if training and self.dropout > 0:
-            c1 = tf.nn.dropout(c1, rate=self.dropout)
+            seed = self._dropout_rng.make_seeds(1)[:, 0]
+            c1 = tf.nn.experimental.stateless_dropout(c1, rate=self.dropout, seed=seed)
         return c1
 
     def __call__(self, x, aux=None, labels=None, training: bool = False):
@@ -206,13 +209,15 @@ class PixelCNNPlusPlus(tf.Module):
     → logistic-mixture parameters ``[B, H, W, P]`` (float32), P = 10·num_mixtures for RGB.
 
     ``filters`` F (the paper: 160), ``blocks_per_stage`` (the paper: 5), ``dropout`` (the
-    paper: 0.5 on CIFAR-10; only with ``training=True``).
+    paper: 0.5 on CIFAR-10; only with ``training=True``). Dropout masks are stateless
+    draws seeded from a generator (``seed``) that is part of the model, so it is
+    checkpointed and a resumed run draws the masks the uninterrupted one would have.
     """
 
     def __init__(self, image_shape: Sequence[int], filters: int = 160,
                  blocks_per_stage: int = 5, num_mixtures: int = 10, dropout: float = 0.0,
                  num_classes: int = 0, compute_dtype: tf.DType = tf.float32,
-                 name: Optional[str] = None):
+                 seed: int = 0, name: Optional[str] = None):
         super().__init__(name=name)
         from pixelcnn_tf.models import check_image_shape
         self.image_shape = check_image_shape(image_shape)
@@ -230,9 +235,11 @@ class PixelCNNPlusPlus(tf.Module):
         f, n = self.filters, self.blocks_per_stage
 
         def block(right, aux, name):
-            return GatedResnet(f, right, aux, dropout, self.num_classes, name=name)
+            return GatedResnet(f, right, aux, dropout, self.num_classes, self.dropout_rng,
+                               name=name)
 
         with self.name_scope:
+            self.dropout_rng = tf.random.Generator.from_seed(seed) if dropout > 0 else None
             self.u_input = ShiftedConv2D(f, (2, 3), False, name="u_input")
             self.ul_input_above = ShiftedConv2D(f, (1, 3), False, name="ul_input_above")
             self.ul_input_left = ShiftedConv2D(f, (2, 1), True, name="ul_input_left")
@@ -245,15 +252,16 @@ class PixelCNNPlusPlus(tf.Module):
                                                name=f"downsample{s}_u") for s in range(2)]
             self.downsample_ul = [ShiftedConv2D(f, (2, 2), True, stride=2,
                                                 name=f"downsample{s}_ul") for s in range(2)]
-            up_blocks = [n, n + 1, n + 1]  # stages 2 (H/4), 1 (H/2), 0 (H)
-            self.up_u = {s: [block(False, True, f"up{s}_u{b}") for b in range(m)]
-                         for s, m in zip((2, 1, 0), up_blocks)}
-            self.up_ul = {s: [block(True, True, f"up{s}_ul{b}") for b in range(m)]
-                          for s, m in zip((2, 1, 0), up_blocks)}
-            self.upsample_u = {s: ShiftedDeconv2D(f, False, name=f"upsample{s}_u")
-                               for s in (2, 1)}
-            self.upsample_ul = {s: ShiftedDeconv2D(f, True, name=f"upsample{s}_ul")
-                                for s in (2, 1)}
+            up_blocks = [n + 1, n + 1, n]  # stages 0 (H), 1 (H/2), 2 (H/4)
+            self.up_u = [[block(False, True, f"up{s}_u{b}") for b in range(m)]
+                         for s, m in enumerate(up_blocks)]
+            self.up_ul = [[block(True, True, f"up{s}_ul{b}") for b in range(m)]
+                          for s, m in enumerate(up_blocks)]
+            # upsample[s]: stage s + 1 → stage s.
+            self.upsample_u = [ShiftedDeconv2D(f, False, name=f"upsample{s}_u")
+                               for s in range(2)]
+            self.upsample_ul = [ShiftedDeconv2D(f, True, name=f"upsample{s}_ul")
+                                for s in range(2)]
             self.output_layer = Dense(self.distribution.num_params, name="output")
 
     @staticmethod
@@ -294,8 +302,8 @@ class PixelCNNPlusPlus(tf.Module):
         u, ul = skips_u.pop(), skips_ul.pop()
         for s in (2, 1, 0):
             if s < 2:
-                u = self.upsample_u[s + 1](u)
-                ul = self.upsample_ul[s + 1](ul)
+                u = self.upsample_u[s](u)
+                ul = self.upsample_ul[s](ul)
             for block_u, block_ul in zip(self.up_u[s], self.up_ul[s]):
                 u = block_u(u, skips_u.pop(), labels, training)
                 ul = block_ul(ul, tf.concat([u, skips_ul.pop()], axis=-1), labels, training)

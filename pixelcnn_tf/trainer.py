@@ -301,7 +301,8 @@ class Trainer(ModelRun):
         self.compute_dtype = COMPUTE_DTYPES[config.train.mixed_precision]
         self.conditional = config.model.num_classes > 0
         with self.strategy.scope():  # variables mirrored on every replica when distributed
-            self.model = build_model(config.model, self.image_shape, self.compute_dtype)
+            self.model = build_model(config.model, self.image_shape, self.compute_dtype,
+                                     seed=config.train.seed)
             # float16 needs loss scaling so small gradients do not underflow; bfloat16 has
             # float32's exponent range and needs none.
             self.loss_scale = self._good_steps = None

@@ -28,10 +28,11 @@ def test_round_trip_is_plain_yaml(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["model.typ=pixelcnn"], "unknown config key 'model.typ'; allowed keys in 'model': type, "
-                             "hidden_dim"),
+                             "output, num_mixtures, hidden_dim"),
     (["modle.type=pixelcnn"], "unknown config section 'modle'"),
     (["model.type=transformer"], "model.type='transformer' is not allowed; allowed values: "
-                                 "diagonal_bilstm, gated_pixelcnn, pixelcnn, row_lstm"),
+                                 "diagonal_bilstm, gated_pixelcnn, pixelcnn, pixelcnn_pp, "
+                                 "row_lstm"),
     (["data.dataset=imagenet"], "data.dataset='imagenet' is not allowed; allowed values: "
                                 "cifar10, mnist, fashion_mnist, mnist5k, npz"),
     (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be >= 1"),
@@ -76,7 +77,7 @@ def test_shipped_configs_load():
     import glob
     assert load_config("config.yml").data.dataset == "cifar10"
     assert load_config("configs/quickstart.yml").data.dataset == "mnist5k"
-    for layer_type in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm"):
+    for layer_type in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm", "pixelcnn_pp"):
         assert load_config(f"configs/cifar10_{layer_type}.yml").model.type == layer_type
     for path in glob.glob("configs/*.yml"):
         cfg = load_config(path)
@@ -156,5 +157,34 @@ def test_unusable_config_files(tmp_path, content, message):
 def test_grey_models_whose_input_kernel_sees_nothing_are_refused():
     cfg = load_config(None, ["model.input_kernel_size=1", "model.out_dim=63"])
     check_model_fits_images(cfg.model, (32, 32, 3))  # G sees R, B sees R and G: fine
-    with pytest.raises(ConfigError, match="input_kernel_size=1 on grey images"):
+    with pytest.raises(ConfigError, match="input_kernel_size=1 gives a mask-A input kernel"):
         check_model_fits_images(cfg.model, (28, 28, 1))
+    mixture = load_config(None, ["model.input_kernel_size=1", "model.output=logistic_mixture"])
+    with pytest.raises(ConfigError, match="sees no earlier pixel"):
+        check_model_fits_images(mixture.model, (32, 32, 3))  # one colour group: nothing
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.type=pixelcnn_pp"], "model.type=pixelcnn_pp predicts whole pixels (no colour "
+                                 "masks): add --set model.output=logistic_mixture"),
+    (["model.dropout=0.5"], "model.dropout=0.5 is used by model.type=pixelcnn_pp only"),
+    (["model.output=softmax"], "model.output='softmax' is not allowed; allowed values: "
+                               "categorical, logistic_mixture"),
+    (["model.num_mixtures=0"], "model.num_mixtures=0 is out of range: it must be >= 1"),
+    (["model.type=pixelcnn_pp", "model.output=logistic_mixture", "model.dropout=1"],
+     "model.dropout=1.0 is out of range: it must be < 1.0"),
+])
+def test_output_distribution_and_pixelcnn_pp_keys(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_mixture_models_need_no_widths_divisible_by_three():
+    cfg = load_config(None, ["model.hidden_dim=16", "model.output=logistic_mixture"])
+    check_model_fits_images(cfg.model, (32, 32, 3))
+    pp = load_config("configs/cifar10_pixelcnn_pp.yml").model
+    check_model_fits_images(pp, (32, 32, 3))
+    check_model_fits_images(pp, (28, 28, 1))
+    with pytest.raises(ConfigError, match="multiples of 4, got 30x32"):
+        check_model_fits_images(pp, (30, 32, 3))

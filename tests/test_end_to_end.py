@@ -139,14 +139,21 @@ def test_bfloat16_run_is_evaluated_in_float32(tmp_path):
     assert abs(low["bits_per_dim"] - record["bits_per_dim"]) < 0.05
 
 
-@pytest.mark.parametrize("layer_type", ["gated_pixelcnn", "row_lstm", "diagonal_bilstm"])
-def test_every_layer_type_trains_evaluates_and_samples(tmp_path, layer_type):
+@pytest.mark.parametrize("layer_type,output", [
+    ("gated_pixelcnn", "categorical"), ("row_lstm", "categorical"),
+    ("diagonal_bilstm", "categorical"), ("pixelcnn", "logistic_mixture"),
+    ("pixelcnn_pp", "logistic_mixture")])
+def test_every_layer_type_trains_evaluates_and_samples(tmp_path, layer_type, output):
     rng = np.random.default_rng(0)
     npz = tmp_path / "rgb.npz"
-    np.savez(npz, images=rng.integers(0, 256, (20, 5, 4, 3)).astype(np.uint8))
+    shape = (8, 4, 3) if layer_type == "pixelcnn_pp" else (5, 4, 3)  # pp: multiples of 4
+    np.savez(npz, images=rng.integers(0, 256, (20, *shape)).astype(np.uint8))
     config = tiny_config_file(tmp_path, npz)
     workdir = str(tmp_path / "run")
-    width = ["--set", "model.hidden_dim=3", "--set", "model.out_dim=6"]
+    width = ["--set", "model.hidden_dim=3", "--set", "model.out_dim=6", "--set",
+             f"model.output={output}", "--set", "model.num_mixtures=3"]
+    if layer_type == "pixelcnn_pp":
+        width += ["--set", "model.dropout=0.5"]
     result = run("train.py", "--config", config, "--workdir", workdir, "--set",
                  f"model.type={layer_type}", "--set", "sample.method=fast", *width)
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,6 @@ import tensorflow as tf
 from conftest import tiny_config
 from pixelcnn_tf import generate_images
 from pixelcnn_tf.export import export_saved_model
-from pixelcnn_tf.likelihood import nll_per_image
 from pixelcnn_tf.trainer import Trainer
 
 SHAPE = (5, 4, 3)
@@ -46,12 +45,12 @@ LOADER = textwrap.dedent("""
 """)
 
 
-def trained_trainer(tmp_path, num_classes=0, layer_type="pixelcnn"):
-    cfg = tiny_config(3, num_classes=num_classes, type=layer_type)
+def trained_trainer(tmp_path, num_classes=0, layer_type="pixelcnn", shape=SHAPE, **model):
+    cfg = tiny_config(3, num_classes=num_classes, type=layer_type, **model)
     cfg.train.learning_rate = 0.01
-    trainer = Trainer(cfg, str(tmp_path / "run"), SHAPE)
+    trainer = Trainer(cfg, str(tmp_path / "run"), shape)
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.integers(0, 256, (6, *SHAPE)).astype(np.uint8))
+    images = tf.constant(rng.integers(0, 256, (6, *shape)).astype(np.uint8))
     for _ in range(5):
         trainer.train_step(images, tf.constant([0, 1] * 3))
     return trainer
@@ -71,19 +70,26 @@ def load_in_fresh_process(tmp_path, path, images, conditional):
     return dict(np.load(out + ".npz")), json.load(open(out + ".json"))
 
 
-@pytest.mark.parametrize("layer_type,num_classes", [
-    ("pixelcnn", 0), ("pixelcnn", 2), ("gated_pixelcnn", 2), ("row_lstm", 0),
-    ("diagonal_bilstm", 2)])
-def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes):
-    trainer = trained_trainer(tmp_path, num_classes, layer_type)
+MIXTURE = dict(output="logistic_mixture", num_mixtures=2)
+PP = dict(MIXTURE, hidden_dim=6, n_layers=1, dropout=0.5)
+
+
+@pytest.mark.parametrize("layer_type,num_classes,model_keys", [
+    ("pixelcnn", 0, {}), ("pixelcnn", 2, {}), ("gated_pixelcnn", 2, {}), ("row_lstm", 0, {}),
+    ("diagonal_bilstm", 2, {}), ("gated_pixelcnn", 0, MIXTURE), ("pixelcnn_pp", 2, PP)])
+def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes,
+                                                         model_keys):
+    shape = (8, 4, 3) if layer_type == "pixelcnn_pp" else SHAPE
+    trainer = trained_trainer(tmp_path, num_classes, layer_type, shape, **model_keys)
     model = trainer.model
     path = export_saved_model(model, trainer.config, str(tmp_path / "sm"))
-    images = np.random.default_rng(1).integers(0, 256, (3, *SHAPE)).astype(np.uint8)
+    images = np.random.default_rng(1).integers(0, 256, (3, *shape)).astype(np.uint8)
     labels = np.array([1, 0, 1], np.int32) if num_classes else None
     got, meta = load_in_fresh_process(tmp_path, path, images, bool(num_classes))
 
-    logits = model(images / 255.0, None if labels is None else tf.constant(labels))
-    expected = nll_per_image(logits, images).numpy() / (np.prod(SHAPE) * math.log(2))
+    params = model(images / 255.0, None if labels is None else tf.constant(labels))
+    expected = (model.distribution.nll_per_image(params, images).numpy()
+                / (np.prod(shape) * math.log(2)))
     np.testing.assert_allclose(got["log_prob"], expected, atol=1e-5)
     np.testing.assert_array_equal(got["default"], got["log_prob"])
     ds = tf.data.Dataset.from_tensor_slices(
@@ -91,14 +97,14 @@ def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, n
     assert trainer.evaluate(ds).bits_per_dim == pytest.approx(got["log_prob"].mean(), abs=1e-5)
 
     np.testing.assert_array_equal(
-        got["sample"], generate_images(model, SHAPE[:2], 3, 3, seed=5, temperature=0.8,
+        got["sample"], generate_images(model, shape[:2], 3, 3, seed=5, temperature=0.8,
                                        labels=labels))
-    completed = generate_images(model, SHAPE[:2], 3, 3, seed=1, init_images=images,
+    completed = generate_images(model, shape[:2], 3, 3, seed=1, init_images=images,
                                 start=(2, 0, 0), labels=labels)
     np.testing.assert_array_equal(got["complete"], completed)
     np.testing.assert_array_equal(got["complete"][:, :2], images[:, :2])
 
-    assert meta["image_shape"] == list(SHAPE) and meta["num_classes"] == num_classes
+    assert meta["image_shape"] == list(shape) and meta["num_classes"] == num_classes
     assert "hidden_dim: 6" in meta["config"] and meta["method"] == "fast"
     assert os.path.exists(os.path.join(path, "assets", "config.yml"))
 

@@ -37,8 +37,15 @@ def test_learning_rate_decays_with_the_optimizer_step(tmp_path, batch):
     assert lr == pytest.approx(1e-3 * 0.9 ** 3, rel=1e-5)
 
 
-def test_checkpoint_round_trip(tmp_path, batch):
-    cfg = tiny_config(3)
+PP_WITH_DROPOUT = dict(type="pixelcnn_pp", output="logistic_mixture", num_mixtures=2,
+                      n_layers=1, dropout=0.5)
+
+
+@pytest.mark.parametrize("model", [{}, PP_WITH_DROPOUT])
+def test_checkpoint_round_trip(tmp_path, batch, model):
+    """Restored weights, RNG and (pixelcnn_pp) dropout generator: the next step is the
+    same."""
+    cfg = tiny_config(3, **model)
     trainer = Trainer(cfg, str(tmp_path), (4, 4, 3))
     for _ in range(3):
         trainer.train_step(*batch)
@@ -46,7 +53,7 @@ def test_checkpoint_round_trip(tmp_path, batch):
     rng_state = trainer.rng.state.numpy().copy()
     logits = trainer.model(tf.cast(batch[0], tf.float32) / 255.0).numpy()
 
-    cfg2 = tiny_config(3)
+    cfg2 = tiny_config(3, **model)
     cfg2.train.seed = 99  # a different initialisation, overwritten by the restore
     restored = Trainer(cfg2, str(tmp_path), (4, 4, 3))
     assert restored.restore()
