@@ -4,13 +4,14 @@
 
 For the quickstart model (28x28x1) and the CIFAR-10 model (32x32x3) of each type it
 times, after a warm-up, the generation of --n-images images with method="fast" (every
-sub-pixel) and method="naive". The naive sampler costs the same full forward pass for
-every sub-pixel, so for the big model it is timed over its last --naive-steps sub-pixels
-(completion from a start near the end) and scaled to all H·W·C sub-pixels; the quickstart
-model is timed over every sub-pixel. It prints images/s for both, the speed-up, and the
-floor: the model's FLOPs per image (every masked convolution evaluated once at every
-position, counting the kernel rows a position can see) at the machine's measured matmul
-throughput.
+step) and method="naive". A step is a sub-pixel (categorical output: H·W·C steps) or a
+pixel (logistic mixture, pixelcnn_pp: H·W steps). The naive sampler costs the same full
+forward pass for every step, so for the big model it is timed over its last --naive-steps
+steps (completion from a start near the end) and scaled to all of them; the quickstart
+model is timed over every step. It prints images/s for both, the speed-up, and (for the
+PixelRNN container's types) the floor: the model's FLOPs per image (every masked
+convolution evaluated once at every position, counting the kernel rows a position can
+see) at the machine's measured matmul throughput.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def flops_per_image(model) -> float:
     see) and 2·kh·kw·C_in·C_out for each unmasked one (vertical stacks, state-to-state
     convolutions); over H·W positions."""
     h, w, _ = model.image_shape
+    if not hasattr(model, "pixel_layers"):
+        return 0.0  # counted for the PixelRNN container's layers only
     per_position = 0
     for conv in (m for m in model.submodules if isinstance(m, MaskedConv2D)):
         kh, kw = conv.kernel_size
@@ -74,26 +77,29 @@ def bench(name: str, config_path: str, overrides, image_shape, n: int, naive_ste
     tf.random.set_seed(0)
     model = build_model(load_config(config_path, overrides).model, image_shape)
     h, w, c = image_shape
-    total = h * w * c
+    groups = model.distribution.groups  # steps per pixel: C (categorical) or 1 (mixture)
+    total = h * w * groups  # network evaluations of the naive sampler
     fast_s = timed(lambda: generate_images(model, (h, w), n, c, seed=0, method="fast"))
     if naive_steps >= total:
         naive_s = timed(lambda: generate_images(model, (h, w), n, c, seed=0, method="naive"))
-        naive_note = "all sub-pixels"
+        naive_note = f"all {total} steps"
     else:
         init = np.zeros([n, h, w, c], np.uint8)
-        k0 = total - naive_steps
+        k0 = (total - naive_steps) * (c // groups)  # the first sub-pixel of the timed steps
         start = (k0 // (w * c), (k0 // c) % w, k0 % c)
         part = timed(lambda: generate_images(model, (h, w), n, c, seed=0, method="naive",
                                              init_images=init, start=start))
         naive_s = part * total / naive_steps
-        naive_note = f"timed over {naive_steps} of {total} sub-pixels, scaled"
-    floor_s = flops_per_image(model) * n / peak
+        naive_note = f"timed over {naive_steps} of {total} steps, scaled"
+    flops = flops_per_image(model)
     print(f"\n{name}: images {image_shape}, {count_parameters(model):,} parameters, "
-          f"{flops_per_image(model) / 1e9:.3f} GFLOP per image, {n} images")
+          + (f"{flops / 1e9:.3f} GFLOP per image, " if flops else "") + f"{n} images")
     print(f"  naive: {naive_s:9.2f} s  {n / naive_s:9.3f} images/s  ({naive_note})")
     print(f"  fast:  {fast_s:9.2f} s  {n / fast_s:9.3f} images/s")
     print(f"  speed-up fast / naive: {naive_s / fast_s:.1f}x")
-    print(f"  FLOP floor: {floor_s:.3f} s; fast is {fast_s / floor_s:.1f}x the floor")
+    if flops:
+        floor_s = flops * n / peak
+        print(f"  FLOP floor: {floor_s:.3f} s; fast is {fast_s / floor_s:.1f}x the floor")
 
 
 def main() -> None:
