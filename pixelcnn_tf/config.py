@@ -95,17 +95,17 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     type: str = field(default="pixelcnn", metadata=_choices(_model_types))
-    # The output distribution: a 256-way softmax per sub-pixel, or PixelCNN++'s
-    # discretized logistic mixture per pixel with num_mixtures components.
-    output: str = field(default="categorical",
-                        metadata=_choices(("categorical", "logistic_mixture")))
-    num_mixtures: int = field(default=10, metadata={"min": 1, "max": 64})
     hidden_dim: int = field(default=24, metadata={"min": 1})  # h; the stream has 2h maps
     out_dim: int = field(default=64, metadata={"min": 1})  # width of the output ReLU layer
     n_layers: int = field(default=5, metadata={"min": 0})
     kernel_size: int = field(default=3, metadata={"min": 1, "odd": True})
     input_kernel_size: int = field(default=7, metadata={"min": 1, "odd": True})
     num_classes: int = field(default=0, metadata={"min": 0})  # 0: unconditional
+    # The output distribution: a 256-way softmax per sub-pixel, or PixelCNN++'s
+    # discretized logistic mixture per pixel with num_mixtures components.
+    output: str = field(default="categorical",
+                        metadata=_choices(("categorical", "logistic_mixture")))
+    num_mixtures: int = field(default=10, metadata={"min": 1, "max": 64})
     # Dropout in pixelcnn_pp's residual blocks while training (the paper: 0.5 on CIFAR-10).
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
 

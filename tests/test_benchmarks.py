@@ -39,3 +39,12 @@ def test_input_pipeline_prints_rates_and_ratios():
 def test_sampling_prints_speed_up():
     out = run_benchmark("sampling.py", "--n-images", "1", "--naive-steps", "2")
     assert len(re.findall(r"speed-up fast / naive: [\d.]+x", out)) == 2
+
+
+def test_quality_per_compute_prints_held_out_bits_per_dim():
+    """Our side only (TFP is a benchmark-only dependency, benchmarks/requirements.txt)."""
+    out = run_benchmark("quality_per_compute.py", "--sides", "ours", "--budget-s", "2",
+                        "--datasets", "mnist5k", "--n-samples", "1")
+    line = next(line for line in out.splitlines() if line.strip().startswith("ours"))
+    bits = float(re.search(r"([\d.]+) bits/dim", line).group(1))
+    assert 0 < bits < 8.5 and "572,847 parameters" in line

@@ -28,7 +28,7 @@ def test_round_trip_is_plain_yaml(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["model.typ=pixelcnn"], "unknown config key 'model.typ'; allowed keys in 'model': type, "
-                             "output, num_mixtures, hidden_dim"),
+                             "hidden_dim, out_dim"),
     (["modle.type=pixelcnn"], "unknown config section 'modle'"),
     (["model.type=transformer"], "model.type='transformer' is not allowed; allowed values: "
                                  "diagonal_bilstm, gated_pixelcnn, pixelcnn, pixelcnn_pp, "

@@ -1,0 +1,186 @@
+"""Held-out bits/dim per wall-clock budget: our pixelcnn_pp against TensorFlow
+Probability's PixelCNN (``tfp.distributions.PixelCNN``), trained on the same images for
+the same time in one run.
+
+  pip install -r benchmarks/requirements.txt   # tensorflow-probability, tf-keras
+  python benchmarks/quality_per_compute.py [--budget-s 600] [--datasets mnist5k,cifar]
+
+Data: mnist5k (28x28x1, 4,500 training digits, the 500 held out by data.validation_size
+scored) and ``../shared/data/cifar10-4660.npz`` (32x32x3 real CIFAR-10 training images:
+4,160 trained on, 500 held out and scored). Each side trains in its own process (TFP
+needs ``TF_USE_LEGACY_KERAS=1``, which would change ``tf.keras`` under our trainer) for
+``--budget-s`` seconds of training steps, then is scored on the held-out images (exact
+bits/dim: summed NLL / (N·H·W·C·ln 2)) and times the sampling of ``--n-samples`` images:
+ours with ``method="fast"``, TFP with ``PixelCNN.sample``. It prints both, the
+difference and the sampling speed-up. The two sides run one after the other on the same
+machine; name the CPU next to the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10-4660.npz")
+# Our side: the quickstart PixelCNN++ with these changes per dataset.
+OURS = {
+    "mnist5k": ["data.dataset=mnist5k", "data.batch_size=32"],
+    "cifar": ["data.dataset=npz", "data.batch_size=16", "model.num_mixtures=10",
+              f"data.path={CIFAR}"],
+}
+# TFP's side: tfd.PixelCNN arguments (the reference setting of the issue: 32 filters).
+TFP = dict(num_resnet=1, num_hierarchies=3, num_filters=32, num_logistic_mix=5,
+           dropout_p=0.3)
+TFP_BATCH = 16
+HELD_OUT = 500
+
+
+def load(dataset: str):
+    """(train images, held-out images), uint8 [N, H, W, C] numpy arrays, through our data
+    module (the same deterministic split for both sides)."""
+    sys.path.insert(0, ROOT)
+    from pixelcnn_tf import data as data_lib
+    from pixelcnn_tf.config import load_config
+    cfg = load_config(None, OURS[dataset] + [f"data.validation_size={HELD_OUT}"])
+
+    def arrays(split):
+        images = [x for x, _ in data_lib.load_split(cfg.data, split).dataset.as_numpy_iterator()]
+        import numpy as np
+        return np.stack(images)
+
+    return arrays("train"), arrays("validation")
+
+
+def run_ours(dataset: str, budget: float, n_samples: int) -> dict:
+    sys.path.insert(0, ROOT)
+    from pixelcnn_tf import cli
+    cli.import_tensorflow_quietly()
+    import numpy as np
+    import tensorflow as tf
+    from pixelcnn_tf import data as data_lib
+    from pixelcnn_tf import generate_images
+    from pixelcnn_tf.config import load_config
+    from pixelcnn_tf.models import count_parameters
+    from pixelcnn_tf.trainer import Trainer
+    cfg = load_config(os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
+                      OURS[dataset] + [f"data.validation_size={HELD_OUT}"])
+    train = data_lib.load_split(cfg.data, "train")
+    held_out = data_lib.load_split(cfg.data, "validation")
+    with tempfile.TemporaryDirectory() as workdir:
+        trainer = Trainer(cfg, workdir, train.image_shape)
+        batches = iter(data_lib.train_pipeline(train, cfg.data.batch_size,
+                                               cfg.data.shuffle_buffer, cfg.train.seed))
+        trainer.train_step(*next(batches))  # trace outside the budget (as for TFP)
+        steps, start = 1, time.perf_counter()
+        while time.perf_counter() - start < budget:
+            trainer.train_step(*next(batches))
+            steps += 1
+        result = trainer.evaluate(data_lib.eval_pipeline(held_out, 100))
+        h, w, c = train.image_shape
+        generate_images(trainer.model, (h, w), n_samples, c, seed=0, method="fast")  # trace
+        t = time.perf_counter()
+        generate_images(trainer.model, (h, w), n_samples, c, seed=1, method="fast")
+        sample_s = time.perf_counter() - t
+    return {"bits_per_dim": result.bits_per_dim, "steps": steps,
+            "batch": cfg.data.batch_size, "parameters": count_parameters(trainer.model),
+            "sample_s": sample_s, "setting": "configs/quickstart_pixelcnn_pp.yml, "
+                                             + " ".join(OURS[dataset][1:])}
+
+
+def run_tfp(dataset: str, budget: float, n_samples: int) -> dict:
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+    train, held_out = load(dataset)
+    shape = train.shape[1:]
+    tf.random.set_seed(0)
+    dist = tfp.distributions.PixelCNN(image_shape=shape, **TFP)
+    optimizer = tf.keras.optimizers.Adam(1e-3)
+    dims = float(np.prod(shape))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(dist.log_prob(x, training=True)) / (dims * math.log(2))
+        variables = dist.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    rng = np.random.default_rng(0)
+
+    def batch():
+        return tf.constant(train[rng.integers(0, len(train), TFP_BATCH)].astype(np.float32))
+
+    step(batch())  # trace (and build the network) outside the budget
+    steps, start = 1, time.perf_counter()
+    while time.perf_counter() - start < budget:
+        step(batch())
+        steps += 1
+    log_prob = tf.function(lambda x: dist.log_prob(x))
+    nats = sum(-float(tf.reduce_sum(log_prob(tf.constant(held_out[i:i + 100], tf.float32))))
+               for i in range(0, len(held_out), 100))
+    bits = nats / (len(held_out) * dims * math.log(2))
+    sample = tf.function(lambda: dist.sample(n_samples, seed=1))
+    t = time.perf_counter()
+    sample()  # TFP samples with one full network pass per pixel; timed with its tracing
+    sample_s = time.perf_counter() - t
+    params = int(sum(np.prod(v.shape) for v in dist.trainable_variables))
+    return {"bits_per_dim": bits, "steps": steps, "batch": TFP_BATCH, "parameters": params,
+            "sample_s": sample_s, "setting": "tfd.PixelCNN(" + ", ".join(
+                f"{k}={v}" for k, v in TFP.items()) + ")"}
+
+
+def child(side: str, dataset: str, budget: float, n_samples: int) -> dict:
+    """Runs one side in a fresh process; returns its JSON result."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if side == "tfp":
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", side,
+                          "--datasets", dataset, "--budget-s", str(budget),
+                          "--n-samples", str(n_samples)],
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{side} on {dataset} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-s", type=float, default=600.0,
+                        help="training seconds per side and dataset")
+    parser.add_argument("--datasets", default="mnist5k,cifar")
+    parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--sides", default="ours,tfp",
+                        help="ours, tfp or both (tfp needs benchmarks/requirements.txt)")
+    parser.add_argument("--child", choices=("ours", "tfp"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run = run_ours if args.child == "ours" else run_tfp
+        print(json.dumps(run(args.datasets, args.budget_s, args.n_samples)))
+        return
+    sides = args.sides.split(",")
+    for dataset in args.datasets.split(","):
+        results = {side: child(side, dataset, args.budget_s, args.n_samples)
+                   for side in sides}
+        print(f"\n{dataset}: {args.budget_s:.0f} s of training each, held-out bits/dim "
+              f"over {HELD_OUT} images, {args.n_samples} samples timed")
+        for side, r in results.items():
+            print(f"  {side:5s} {r['bits_per_dim']:.4f} bits/dim  {r['parameters']:>10,} "
+                  f"parameters  {r['steps']:>6,} steps of batch {r['batch']}  sampling "
+                  f"{r['sample_s']:8.2f} s   [{r['setting']}]")
+        if {"ours", "tfp"} <= set(results):
+            ours, base = results["ours"], results["tfp"]
+            print(f"  difference ours - tfp: {ours['bits_per_dim'] - base['bits_per_dim']:+.4f}"
+                  f" bits/dim; sampling speed-up ours / tfp: "
+                  f"{base['sample_s'] / ours['sample_s']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
