@@ -491,9 +491,10 @@ class _TwoRowConv:
 
     def __init__(self, conv, width_in: int, dtype: tf.DType):
         self.conv, self.width_in, self.dtype = conv, width_in, dtype
-        assert conv.kernel_size[0] == 2, conv.kernel_size
+        if conv.kernel_size[0] != 2:
+            raise ValueError(f"{conv.name}: a two-row cache needs a 2-row kernel, got "
+                             f"{conv.kernel_size}")
         _, self.left, self.right = conv.padding
-        kh, kw = conv.kernel_size
         self.weights = tf.reshape(tf.cast(conv.kernel, dtype), [-1, conv.features_out])
         self.bias = tf.cast(conv.bias, dtype)
 
