@@ -186,7 +186,7 @@ class LogisticMixture(Distribution):
         return (logits, grid(means, c), tf.maximum(grid(log_scales, c), MIN_LOG_SCALE),
                 tf.tanh(grid(coeffs, self.num_coeffs)))
 
-    def _means(self, means: tf.Tensor, coeffs: tf.Tensor, pixel: tf.Tensor, c: int):
+    def colour_means(self, means: tf.Tensor, coeffs: tf.Tensor, pixel: tf.Tensor, c: int):
         """The mean of colour ``c`` given the earlier colours of ``pixel`` (int
         ``[..., C]``): ``[..., M]``."""
         mean = means[..., c, :]
@@ -201,7 +201,7 @@ class LogisticMixture(Distribution):
         logits, means, log_scales, coeffs = self.split(params)
         total = tf.nn.log_softmax(logits, axis=-1)
         for c in range(self.n_colors):
-            total += log_bin_probs(pixel[..., c, None], self._means(means, coeffs, pixel, c),
+            total += log_bin_probs(pixel[..., c, None], self.colour_means(means, coeffs, pixel, c),
                                    log_scales[..., c, :])
         return total
 
@@ -217,11 +217,11 @@ class LogisticMixture(Distribution):
         weights = tf.nn.log_softmax(logits, axis=-1)
         for earlier in range(c):
             weights += log_bin_probs(pixel[:, earlier, None],
-                                     self._means(means, coeffs, pixel, earlier),
+                                     self.colour_means(means, coeffs, pixel, earlier),
                                      log_scales[:, earlier, :])
         weights = tf.nn.log_softmax(weights, axis=-1)
         values = tf.range(N_LEVELS)[None, :, None]  # [1, 256, 1]
-        per_component = log_bin_probs(values, self._means(means, coeffs, pixel, c)[:, None],
+        per_component = log_bin_probs(values, self.colour_means(means, coeffs, pixel, c)[:, None],
                                       log_scales[:, None, c, :])  # [N, 256, M]
         return tf.reduce_logsumexp(per_component + weights[:, None], axis=-1)  # [N, 256]
 

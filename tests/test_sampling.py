@@ -378,3 +378,38 @@ def test_sampler_cache_does_not_keep_models_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("kept_red", [False, True])
+def test_mixture_draws_follow_the_likelihood(kept_red):
+    """The O(M + C) mixture sampler (component, then inverse CDF per colour) draws pixels
+    with the frequencies the NLL scores: exp(-NLL) of each drawn (r, g, b), and given a
+    kept red value, p(r, g, b) / p(r)."""
+    from pixelcnn_tf.likelihood import LogisticMixture
+    from pixelcnn_tf.sampling import _draw_mixture
+    dist = LogisticMixture(3, 3)
+    gen = np.random.default_rng(3)
+    one = gen.normal(size=dist.num_params).astype(np.float32)
+    # Layout: 3 mixture logits, 9 means, 9 log-scales, 9 coefficients.
+    one[3:12] = gen.uniform(-0.5, 0.5, 9)  # means inside the range
+    one[12:21] = -5.5  # narrow logistics (half a bin): frequencies are measurable
+    one[21:] *= 3  # strong colour coefficients
+    n = 40_000
+    params = tf.constant(np.tile(one, (n, 1)))
+    images = tf.fill([n, 1, 1, 3], 0)
+    red = 140
+    if kept_red:
+        images = tf.concat([tf.fill([n, 1, 1, 1], red), tf.zeros([n, 1, 1, 2], tf.int32)], -1)
+    drawn = _draw_mixture(dist, params, images, Position(0, 0, 0),
+                          tf.constant(1 if kept_red else 0), tf.constant(7, tf.int64),
+                          tf.constant(1.0), False).numpy().reshape(n, 3)
+    triples, counts = np.unique(drawn, axis=0, return_counts=True)
+    exact = np.exp(-dist.nll_per_image(tf.constant(np.tile(one, (len(triples), 1)))[:, None, None],
+                                       tf.constant(triples[:, None, None])).numpy())
+    if kept_red:
+        assert np.all(triples[:, 0] == red)
+        p_red = np.exp(dist.subpixel_logits(tf.constant(one[None]), tf.constant([[red, 0, 0]]),
+                                            0).numpy()[0, red])
+        exact = exact / p_red
+    assert exact.sum() > 0.98  # the drawn values cover (almost) all of the mass
+    assert 0.5 * np.abs(counts / n - exact).sum() < 0.03  # total variation
