@@ -214,15 +214,14 @@ def _naive_loop(model_ref, greedy: bool, conditional: bool):
                                      temperature, greedy)
 
         _, images = tf.while_loop(lambda k, _: k < height * width * groups, body,
-                                  [_first_step(start, width, groups, images), images])
+                                  [_first_step(start, images.shape[-1], groups), images])
         return images
 
     return sample
 
 
-def _first_step(start: tf.Tensor, width: int, groups: int, images: tf.Tensor) -> tf.Tensor:
+def _first_step(start: tf.Tensor, channels: int, groups: int) -> tf.Tensor:
     """The step holding sub-pixel ``start`` (steps before it draw nothing)."""
-    channels = images.shape[-1]
     return start // (channels // groups)
 
 
