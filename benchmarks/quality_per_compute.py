@@ -51,8 +51,8 @@ def load(dataset: str):
     cfg = load_config(None, OURS[dataset] + [f"data.validation_size={HELD_OUT}"])
 
     def arrays(split):
-        images = [x for x, _ in data_lib.load_split(cfg.data, split).dataset.as_numpy_iterator()]
         import numpy as np
+        images = [x for x, _ in data_lib.load_split(cfg.data, split).dataset.as_numpy_iterator()]
         return np.stack(images)
 
     return arrays("train"), arrays("validation")

@@ -34,8 +34,9 @@ from typing import Callable, Dict, NamedTuple, Optional, Type
 import tensorflow as tf
 
 from pixelcnn_tf import blocks
-from pixelcnn_tf.layers import MaskedConv2D, per_image
+from pixelcnn_tf.layers import MaskedConv2D
 from pixelcnn_tf.models import PixelRNN
+from pixelcnn_tf.pixelcnn_pp import PixelCNNPlusPlus, concat_elu
 
 
 class Position(NamedTuple):
@@ -382,7 +383,6 @@ class PixelRNNStepper:
         self.dtype = tf.as_dtype(dtype or model.compute_dtype)
         self.groups = model.groups
         height, width, _ = model.image_shape
-        self.height, self.width = height, width
         image_conv = model.input_conv
         if isinstance(image_conv, blocks.GatedInput):
             image_conv = image_conv.horizontal
@@ -448,37 +448,13 @@ class PixelRNNStepper:
         # Image rows row-kh//2 .. row → the input layer's features at row `row`.
         window = tf.slice(x, tf.stack([0, row, 0, 0]), [-1, kh // 2 + 1, width, channels])
         input_bias, conditions = model.class_vectors(labels)
-        features = model.input_conv(window)
-        if input_bias is not None:
-            features += per_image(input_bias, features)
         # [N, kh//2+1, W, ·] → the last row [N, 1, W, ·] (rows above were only context).
-        state = tf.nest.map_structure(lambda t: t[:, -1:],
-                                      model._layer_cls.initial_state(features))
+        state = tf.nest.map_structure(lambda t: t[:, -1:], model.input_state(window, input_bias))
         new_caches = []
         for step, layer_cache, condition in zip(self.layers, layer_caches, conditions):
             layer_cache, state = step.finish_row(layer_cache, state, condition)
             new_caches.append(layer_cache)
         return in_cache, tuple(new_caches), hid_cache, out_cache
-
-
-MODEL_STEPPERS: Dict[type, Callable] = {PixelRNN: PixelRNNStepper}
-
-
-def supports(model) -> bool:
-    """Whether ``model`` can be evaluated incrementally (its type, and for the PixelRNN
-    container every pixel layer's type, has steps here)."""
-    if type(model) not in MODEL_STEPPERS:
-        return False
-    return all(type(layer) in LAYER_STEPS for layer in getattr(model, "pixel_layers", ()))
-
-
-def stepper(model, dtype: Optional[tf.DType] = None):
-    """The model's incremental evaluator (``initial``, ``step``, ``record``,
-    ``finish_row``), computing in ``dtype`` (default: the model's compute dtype)."""
-    if not supports(model):
-        raise ValueError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
-                         f"has no incremental evaluation")
-    return MODEL_STEPPERS[type(model)](model, dtype)
 
 
 # -- PixelCNN++ -----------------------------------------------------------------------------
@@ -540,8 +516,7 @@ class _BlockStep:
     through the block's own ``hidden`` and ``gate``. Cache: (conv1's, conv2's)."""
 
     def __init__(self, block, width: int, dtype):
-        from pixelcnn_tf.pixelcnn_pp import concat_elu
-        self.block, self.concat_elu = block, concat_elu
+        self.block = block
         self.conv1 = _TwoRowConv(block.conv1, width, dtype)
         self.conv2 = _TwoRowConv(block.conv2, width, dtype)
 
@@ -550,14 +525,14 @@ class _BlockStep:
 
     def row(self, cache, x_row, aux_row, labels, r):
         c1_cache, c2_cache = cache
-        c1_cache = self.conv1.write_row(c1_cache, self.concat_elu(x_row), r)
+        c1_cache = self.conv1.write_row(c1_cache, concat_elu(x_row), r)
         hidden = self.block.hidden(self.conv1.row(c1_cache, r), aux_row, training=False)
         c2_cache = self.conv2.write_row(c2_cache, hidden, r)
         return (c1_cache, c2_cache), self.block.gate(x_row, self.conv2.row(c2_cache, r), labels)
 
     def at(self, cache, x, aux, labels, i, j):
         c1_cache, c2_cache = cache
-        c1_cache = self.conv1.write(c1_cache, self.concat_elu(x), i, j)
+        c1_cache = self.conv1.write(c1_cache, concat_elu(x), i, j)
         hidden = self.block.hidden(self.conv1.at(c1_cache, i, j), aux, training=False)
         c2_cache = self.conv2.write(c2_cache, hidden, i, j)
         return (c1_cache, c2_cache), self.block.gate(x, self.conv2.at(c2_cache, i, j), labels)
@@ -584,7 +559,6 @@ class PixelCNNPPStepper:
         self.dtype = tf.as_dtype(dtype or model.compute_dtype)
         self.groups = 1
         height, width, _ = model.image_shape
-        self.height, self.width = height, width
         self.widths = [width // 2 ** s for s in range(3)]
         self.heights = [height // 2 ** s for s in range(3)]
         d = self.dtype
@@ -622,26 +596,28 @@ class PixelCNNPPStepper:
             "downsample_ul": caches(self.downsample_ul),
             "down_u_rows": [rows(s, len(self.down_u[s])) for s in range(3)],
             "up_u_rows": [rows(s, len(self.up_u[s])) for s in range(3)],
-            "u_up_map": [stage_map(s) for s in range(3)],  # stage 0's is unused
-            "ul_up_map": [stage_map(s) for s in range(3)],
+            # Finished up-stage outputs of stages 1 and 2 (index s - 1), read up-sampled.
+            "u_up_map": [stage_map(s) for s in (1, 2)],
+            "ul_up_map": [stage_map(s) for s in (1, 2)],
         }
 
-    def _image(self, images):
-        """images ``[N, H, W, C]`` in [0, 1] → preprocessed, two zero rows on top."""
-        x = tf.cast(self.model.preprocess(images), self.dtype)
-        return tf.pad(x, [[0, 0], [2, 0], [0, 0], [0, 0]])  # [N, H + 2, W, C + 1]
+    def _two_rows(self, images, top):
+        """Image rows ``top`` and ``top + 1`` of ``images`` ``[N, H, W, C]`` (in [0, 1]),
+        preprocessed: ``[N, 2, W, C + 1]``, with rows above the image (``top`` < 0) zero,
+        as the full pass's padding."""
+        rows = top + tf.range(2)
+        window = tf.gather(images, tf.maximum(rows, 0), axis=1)  # [N, 2, W, C]
+        x = tf.cast(self.model.preprocess(window), self.dtype)
+        return tf.where((rows >= 0)[None, :, None, None], x, tf.zeros_like(x))
 
     # The u streams, a row at a time.
-    def _u_rows(self, cache: dict, x, r, labels) -> dict:
+    def _u_rows(self, cache: dict, images, r, labels) -> dict:
         """At the first pixel of row r: the u streams of every stage due at row r."""
-        model = self.model
-        cache = {k: (list(v) if isinstance(v, list) else v) for k, v in cache.items()}
         # u = down_shift(u_input(x)): row r is u_input's row r - 1, which reads image rows
-        # r-2..r-1 (padded rows r..r+1: row 1 of that window); row 0 is the zero row
-        # shifted in.
-        window = tf.slice(x, tf.stack([0, r, 0, 0]), tf.concat([[-1, 2], tf.shape(x)[2:]], 0))
-        u = model.u_input(window)[:, 1:2] * tf.cast(r > 0, self.dtype)  # [N, 1, W, F]
-        return self._u_stage(cache, 0, u, r, labels)
+        # r-2..r-1 (row 1 of that window); row 0 is the zero row shifted in.
+        window = self._two_rows(images, r - 2)
+        u = self.model.u_input(window)[:, 1:2] * tf.cast(r > 0, self.dtype)  # [N, 1, W, F]
+        return self._u_stage(dict(cache), 0, u, r, labels)
 
     def _u_stage(self, cache, s, u, row, labels):
         """Row ``row`` of stage s (down blocks from ``u``, the deeper stages when due, the
@@ -666,7 +642,7 @@ class PixelCNNPPStepper:
 
             cache = tf.cond(tf.equal(row % 2, 0), lambda: deeper(cache), lambda: cache)
             # Up-sampled from stage s + 1: row `row` reads its row row // 2.
-            above = cache["u_up_map"][s + 1][:, row // 2][:, None]  # [N, 1, W_{s+1}, F]
+            above = cache["u_up_map"][s][:, row // 2][:, None]  # [N, 1, W_{s+1}, F]
             u = tf.gather(self.model.upsample_u[s](above), row % 2, axis=1)[:, None]
         else:
             u = skips.pop()
@@ -677,8 +653,8 @@ class PixelCNNPPStepper:
         cache["up_u"] = _replace(cache["up_u"], s, up_caches)
         cache["up_u_rows"] = _replace(cache["up_u_rows"], s, up_rows)
         if s > 0:
-            cache["u_up_map"] = _replace(cache["u_up_map"], s, _set_row(
-                cache["u_up_map"][s], u[:, 0], row))
+            cache["u_up_map"] = _replace(cache["u_up_map"], s - 1, _set_row(
+                cache["u_up_map"][s - 1], u[:, 0], row))
         return cache
 
     # The ul streams, a position at a time.
@@ -699,14 +675,14 @@ class PixelCNNPPStepper:
             def deeper(cache):
                 below = conv.at(cache["downsample_ul"][s], i // 2, j // 2)
                 cache, out = self._ul_stage(dict(cache), s + 1, below, i // 2, j // 2, labels)
-                return dict(cache, ul_up_map=_replace(cache["ul_up_map"], s + 1, _set_pixel(
-                    cache["ul_up_map"][s + 1], out, i // 2, j // 2)))
+                return dict(cache, ul_up_map=_replace(cache["ul_up_map"], s, _set_pixel(
+                    cache["ul_up_map"][s], out, i // 2, j // 2)))
 
             due = tf.equal(i % 2, 0) & tf.equal(j % 2, 0)
             cache = tf.cond(due, lambda: deeper(cache), lambda: cache)
             # Up-sampled from stage s + 1: (i, j) reads (i // 2, j // 2), kernel tap
             # (i % 2, j % 2).
-            above = cache["ul_up_map"][s + 1][:, i // 2, j // 2][:, None, None]  # [N,1,1,F]
+            above = cache["ul_up_map"][s][:, i // 2, j // 2][:, None, None]  # [N,1,1,F]
             taps = self.model.upsample_ul[s](above)  # [N, 2, 2, F]
             ul = tf.gather(tf.gather(taps, i % 2, axis=1), j % 2, axis=1)  # [N, F]
         else:
@@ -722,15 +698,13 @@ class PixelCNNPPStepper:
         """→ (cache, the mixture parameters of pixel (i, j) ``[N, P]`` float32)."""
         model = self.model
         labels = None if labels is None else tf.cast(labels, tf.int32)
-        x = self._image(images)
         i, j = pos.i, pos.j
-        cache = tf.cond(tf.equal(j, 0), lambda: self._u_rows(cache, x, i, labels),
+        cache = tf.cond(tf.equal(j, 0), lambda: self._u_rows(cache, images, i, labels),
                         lambda: cache)
         # ul = down_shift(above(x)) + right_shift(left(x)) at (i, j): above's output at
         # (i-1, j) (image row i-1) and left's at (i, j-1) (image rows i-1..i), computed on
-        # padded rows i+1..i+2; the shifted-in zero row and column count as zeros.
-        window = tf.slice(x, tf.stack([0, i + 1, 0, 0]), tf.concat([[-1, 2], tf.shape(x)[2:]],
-                                                                  0))
+        # image rows i-1..i; the shifted-in zero row and column count as zeros.
+        window = self._two_rows(images, i - 1)
         above = tf.gather(model.ul_input_above(window)[:, 0], j, axis=1)  # [N, F]
         left = tf.gather(model.ul_input_left(window)[:, 1], tf.maximum(j - 1, 0), axis=1)
         ul = above * tf.cast(i > 0, self.dtype) + left * tf.cast(j > 0, self.dtype)
@@ -765,9 +739,22 @@ def _set_pixel(stage_map: tf.Tensor, values: tf.Tensor, i, j) -> tf.Tensor:
     return tf.tensor_scatter_nd_update(stage_map, where, values)
 
 
-def _register_pixelcnn_pp() -> None:
-    from pixelcnn_tf.pixelcnn_pp import PixelCNNPlusPlus
-    MODEL_STEPPERS[PixelCNNPlusPlus] = PixelCNNPPStepper
+MODEL_STEPPERS: Dict[type, Callable] = {PixelRNN: PixelRNNStepper,
+                                         PixelCNNPlusPlus: PixelCNNPPStepper}
 
 
-_register_pixelcnn_pp()
+def supports(model) -> bool:
+    """Whether ``model`` can be evaluated incrementally (its type, and for the PixelRNN
+    container every pixel layer's type, has steps here)."""
+    if type(model) not in MODEL_STEPPERS:
+        return False
+    return all(type(layer) in LAYER_STEPS for layer in getattr(model, "pixel_layers", ()))
+
+
+def stepper(model, dtype: Optional[tf.DType] = None):
+    """The model's incremental evaluator (``initial``, ``step``, ``record``,
+    ``finish_row``), computing in ``dtype`` (default: the model's compute dtype)."""
+    if not supports(model):
+        raise ValueError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
+                         f"has no incremental evaluation")
+    return MODEL_STEPPERS[type(model)](model, dtype)

@@ -104,7 +104,7 @@ class Categorical(Distribution):
         return params[:, i, j, group]  # [N, 256]
 
     def nll_per_image(self, params, images):
-        return tf.reduce_sum(nll_per_dim(params, images), axis=[1, 2, 3])
+        return nll_per_image(params, images)
 
     def subpixel_logits(self, step_params, pixel, c):
         return tf.cast(step_params, tf.float32)
@@ -196,30 +196,35 @@ class LogisticMixture(Distribution):
             mean += coeffs[..., first + earlier, :] * x[..., earlier, None]
         return mean
 
-    def _component_log_probs(self, params, pixel):
-        """log π_k + Σ_c log p_k(colour c | earlier colours): ``[..., M]``."""
-        logits, means, log_scales, coeffs = self.split(params)
+    def log_weights(self, parts, pixel: tf.Tensor, include) -> tf.Tensor:
+        """log π_k + Σ over the colours c with ``include[c]`` of log p_k(colour c | the
+        earlier colours of ``pixel``): ``[..., M]``. ``parts``: ``split(params)``;
+        ``pixel``: int ``[..., C]``; ``include``: per colour, a Python bool or a scalar
+        bool tensor (a colour whose value is known only at run time)."""
+        logits, means, log_scales, coeffs = parts
         total = tf.nn.log_softmax(logits, axis=-1)
-        for c in range(self.n_colors):
-            total += log_bin_probs(pixel[..., c, None], self.colour_means(means, coeffs, pixel, c),
-                                   log_scales[..., c, :])
+        for c, use in enumerate(include):
+            if use is False:
+                continue
+            log_p = log_bin_probs(pixel[..., c, None], self.colour_means(means, coeffs, pixel, c),
+                                  log_scales[..., c, :])
+            total += log_p if use is True else tf.where(use, log_p, tf.zeros_like(log_p))
         return total
 
     def nll_per_image(self, params, images):
         images = tf.cast(images, tf.int32)
-        log_p = tf.reduce_logsumexp(self._component_log_probs(params, images), axis=-1)
+        every_colour = [True] * self.n_colors
+        log_p = tf.reduce_logsumexp(self.log_weights(self.split(params), images, every_colour),
+                                    axis=-1)
         return -tf.reduce_sum(log_p, axis=[1, 2])  # [B, H, W] → [B]
 
     def subpixel_logits(self, step_params, pixel, c):
-        logits, means, log_scales, coeffs = self.split(step_params)  # [N, ...]
+        parts = self.split(step_params)  # [N, ...]
+        _, means, log_scales, coeffs = parts
         pixel = tf.cast(pixel, tf.int32)
         # Posterior weights of the components after the colours before c: [N, M].
-        weights = tf.nn.log_softmax(logits, axis=-1)
-        for earlier in range(c):
-            weights += log_bin_probs(pixel[:, earlier, None],
-                                     self.colour_means(means, coeffs, pixel, earlier),
-                                     log_scales[:, earlier, :])
-        weights = tf.nn.log_softmax(weights, axis=-1)
+        weights = tf.nn.log_softmax(
+            self.log_weights(parts, pixel, [e < c for e in range(self.n_colors)]), axis=-1)
         values = tf.range(N_LEVELS)[None, :, None]  # [1, 256, 1]
         per_component = log_bin_probs(values, self.colour_means(means, coeffs, pixel, c)[:, None],
                                       log_scales[:, None, c, :])  # [N, 256, M]

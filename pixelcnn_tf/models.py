@@ -79,16 +79,22 @@ class PixelRNN(tf.Module):
         check_inputs(self, images, labels)
         x = tf.cast(self.preprocess(images), self.compute_dtype)
         input_bias, conditions = self.class_vectors(labels)
-        features = self.input_conv(x)  # [B, H, W, 2h] (the gated type: both stacks)
-        if input_bias is not None:
-            features += per_image(input_bias, features)
-        state = self._layer_cls.initial_state(features)
+        state = self.input_state(x, input_bias)
         for layer, condition in zip(self.pixel_layers, conditions):
             state = layer(state, condition)
         features = self._layer_cls.features(state)  # [B, H, W, 2h]
         y = self.output_hidden(tf.nn.relu(features))  # [B, H, W, out_dim]
         y = tf.cast(self.output_logits(tf.nn.relu(y)), tf.float32)  # [B, H, W, P]
         return self.distribution.to_output(y)
+
+    def input_state(self, x: tf.Tensor, input_bias: Optional[tf.Tensor]):
+        """Preprocessed images ``x`` ``[B, H, W, C]`` (or a window of rows) → the first
+        pixel layer's state: the input layer (``[B, H, W, 2h]``; the gated type: both
+        stacks) plus the class bias ``[B, 2h]`` when the type takes it."""
+        features = self.input_conv(x)
+        if input_bias is not None:
+            features += per_image(input_bias, features)
+        return self._layer_cls.initial_state(features)
 
     def class_vectors(self, labels: Optional[tf.Tensor]):
         """labels ``[B]`` → (the input features' class bias ``[B, width]`` or None, one

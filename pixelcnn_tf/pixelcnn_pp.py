@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from pixelcnn_tf.likelihood import LogisticMixture
+from pixelcnn_tf.models import check_image_shape, check_inputs
 
 
 def concat_elu(x: tf.Tensor) -> tf.Tensor:
@@ -219,7 +220,6 @@ class PixelCNNPlusPlus(tf.Module):
                  num_classes: int = 0, compute_dtype: tf.DType = tf.float32,
                  seed: int = 0, name: Optional[str] = None):
         super().__init__(name=name)
-        from pixelcnn_tf.models import check_image_shape
         self.image_shape = check_image_shape(image_shape)
         height, width, n_colors = self.image_shape
         if height % 4 or width % 4:
@@ -280,7 +280,6 @@ class PixelCNNPlusPlus(tf.Module):
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
                  training: bool = False) -> tf.Tensor:
-        from pixelcnn_tf.models import check_inputs
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
         labels = None if labels is None else tf.cast(labels, tf.int32)

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from pixelcnn_tf import incremental
 from pixelcnn_tf.incremental import Position
-from pixelcnn_tf.likelihood import LogisticMixture, log_bin_probs
+from pixelcnn_tf.likelihood import LogisticMixture
 
 METHODS = ("naive", "fast")
 
@@ -73,10 +73,12 @@ def unit_interval(bits: tf.Tensor) -> tf.Tensor:
     return (mantissa + 0.5) * (1.0 / 2**23)
 
 
-def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
-    """Counter-based uniform noise in (0, 1), ``[n, 256]`` float32, for sub-pixel ``k``.
+def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor, width: int = 256
+                  ) -> tf.Tensor:
+    """Counter-based uniform noise in (0, 1), ``[n, width]`` float32, for sub-pixel ``k``.
 
-    Element ``(b, v)`` hashes (seed, k, b, v). All 64 bits of the seed count: for a given
+    Element ``(b, v)`` hashes (seed, k, b, v), v < width <= 256 (a narrower call gives the
+    first columns of the full one). All 64 bits of the seed count: for a given
     ``k`` the two 32-bit keys are a bijection of (low word, high word), so two different
     seeds never share their keys. TensorFlow's stateless random ops give different numbers
     when compiled with XLA than in graph mode, which would make the XLA-compiled fast
@@ -88,10 +90,10 @@ def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
     hi = tf.cast(tf.bitwise.right_shift(seed, tf.constant(32, tf.int64)), tf.uint32)
     key1 = _hash32(tf.bitwise.bitwise_xor(lo, _hash32(tf.cast(k, tf.uint32))))
     key2 = _hash32(tf.bitwise.bitwise_xor(hi, _hash32(key1)))
-    index = tf.range(n * 256, dtype=tf.int32)  # (b, v) → b·256 + v
+    index = tf.range(n)[:, None] * 256 + tf.range(width)[None, :]  # (b, v) → b·256 + v
     bits = _hash32(tf.bitwise.bitwise_xor(_hash32(tf.cast(index, tf.uint32)), key1))
     bits = _hash32(tf.bitwise.bitwise_xor(bits, key2))
-    return tf.reshape(unit_interval(bits), [n, 256])
+    return unit_interval(bits)  # [n, width]
 
 
 def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tensor,
@@ -158,16 +160,12 @@ def _draw_mixture(distribution: LogisticMixture, params: tf.Tensor, images: tf.T
     _, width, channels = images.shape[1:]
     m = distribution.num_mixtures
     k0 = (pos.i * width + pos.j) * channels  # the pixel's first sub-pixel
-    logits, means, log_scales, coeffs = distribution.split(params)  # [N, M], [N, C, M], ...
+    parts = distribution.split(params)  # [N, M], [N, C, M], [N, C, M], [N, C(C-1)/2, M]
+    _, means, log_scales, coeffs = parts
     pixel = images[:, pos.i, pos.j, :]  # int32 [N, C]
     kept = k0 + tf.range(channels) < start  # [C]: a prefix of the colours
-    weights = tf.nn.log_softmax(logits, axis=-1)  # [N, M]
-    for c in range(channels):
-        log_p = log_bin_probs(pixel[:, c, None], distribution.colour_means(means, coeffs,
-                                                                          pixel, c),
-                              log_scales[:, c])  # [N, M]
-        weights += tf.where(kept[c], log_p, tf.zeros_like(log_p))
-    noise = uniform_noise(seed, k0, tf.shape(params)[0])  # [N, 256]
+    weights = distribution.log_weights(parts, pixel, tf.unstack(kept, channels))  # [N, M]
+    noise = uniform_noise(seed, k0, tf.shape(params)[0], width=m + channels)  # [N, M + C]
     if greedy:
         component = tf.argmax(weights, axis=-1, output_type=tf.int32)
     else:
