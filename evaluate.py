@@ -47,22 +47,17 @@ def main(argv: Sequence[str]) -> int:
     _check_args(args)
     cli.import_tensorflow_quietly()
 
-    from pixelcnn_tf import workdir as workdir_lib
-    from pixelcnn_tf.config import load_config
-    from pixelcnn_tf.trainer import load_trained
+    from pixelcnn_tf.trainer import load_for_inference
 
-    info = workdir_lib.read_model_info(args.workdir)
-    # Exact bits/dim: float32 arithmetic on the (float32) weights, whatever precision the
-    # run trained in; a later --set train.mixed_precision=bfloat16 trades that for speed.
-    overrides = ["train.mixed_precision=none", *args.overrides]
+    # Exact bits/dim: float32 arithmetic, whatever precision the run trained in.
+    overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"sample.seed={args.seed}")
-    config = load_config(os.path.join(args.workdir, workdir_lib.CONFIG_FILE), overrides)
-    run = load_trained(config, args.workdir, info["image_shape"])
+    run = load_for_inference(args.workdir, overrides)
     if run.restored.skipped:
         print(f"{args.workdir}: {run.restored.describe()}")
     with run.inference_weights():  # the moving averages when the run keeps them
-        return _evaluate(args, config, run)
+        return _evaluate(args, run.config, run)
 
 
 def _check_args(args) -> None:

@@ -280,3 +280,91 @@ def train_pipeline(split: Split, batch_size: int, shuffle_buffer: int, seed: int
 def eval_pipeline(split: Split, batch_size: int) -> tf.data.Dataset:
     """Every image of the split once, in order, in batches (the last may be short)."""
     return split.dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# -- image files (compress.py / decompress.py) -------------------------------------------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png(path: str) -> np.ndarray:
+    """One 8-bit PNG → uint8 ``[H, W, C]`` (C = 1 grey or 3 RGB; palettes become RGB)."""
+    with open(path, "rb") as f:
+        contents = f.read()
+    if contents[:8] != PNG_SIGNATURE or len(contents) < 33:
+        raise DataError(f"{path} is not a PNG file; give PNGs or an .npz with an 'images' "
+                        f"array")
+    bit_depth, colour_type = contents[24], contents[25]  # from the IHDR chunk
+    if bit_depth == 16:
+        raise DataError(f"{path} has 16 bits per sample; models take 8-bit images: "
+                        f"convert it to 8 bits first")
+    if colour_type in (4, 6):
+        raise DataError(f"{path} has an alpha channel, which models do not code; save it "
+                        f"without alpha (grey or RGB)")
+    try:
+        image = tf.io.decode_png(contents, channels=3 if colour_type == 3 else 0).numpy()
+    except tf.errors.OpError as e:
+        raise DataError(f"{path} is not a readable PNG ({e.message.splitlines()[0][:100]})"
+                        ) from None
+    return image  # uint8 [H, W, 1 or 3]
+
+
+def load_image_files(path: str):
+    """An .npz (``load_npz_images``), one PNG, or a folder of PNGs (sorted by name) →
+    (uint8 ``[N, H, W, C]``, labels ``[N]`` or None, file names or None)."""
+    if not os.path.exists(path):
+        raise DataError(f"{path} does not exist; give an .npz, a PNG or a folder of PNGs")
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+        if not names:
+            raise DataError(f"{path} holds no .png files; give an .npz, a PNG or a folder "
+                            f"of PNGs")
+    elif path.lower().endswith(".png"):
+        path, names = os.path.dirname(path) or ".", [os.path.basename(path)]
+    else:
+        images, labels = load_npz_images(path)
+        return images, labels, None
+    images = [_read_png(os.path.join(path, n)) for n in names]
+    shapes = sorted({im.shape for im in images})
+    if len(shapes) > 1:
+        first = next(n for n, im in zip(names, images) if im.shape != images[0].shape)
+        raise DataError(f"{path}: PNGs of different shapes ({names[0]} is "
+                        f"{'x'.join(map(str, images[0].shape))}, {first} is "
+                        f"{'x'.join(map(str, images[names.index(first)].shape))}); give "
+                        f"images of one shape")
+    return np.stack(images), None, names
+
+
+def save_image_files(path: str, images: np.ndarray, labels: Optional[np.ndarray] = None,
+                     names=None, overwrite: bool = False) -> str:
+    """Writes uint8 ``images`` ``[N, H, W, C]`` to ``path``: an .npz (``images`` and, when
+    given, ``labels``) or a folder of PNGs (``names``, or 000000.png, ... in order). Every
+    file is written atomically; existing files are replaced only with ``overwrite``.
+    Returns what was written, for the user."""
+    from pixelcnn_tf.workdir import write_bytes_atomically
+    if path.lower().endswith(".npz"):
+        if os.path.exists(path) and not overwrite:
+            raise DataError(f"{path} exists; choose another output or add --force to "
+                            f"replace it")
+        import io
+        buffer = io.BytesIO()
+        arrays = {"images": images} if labels is None else {"images": images,
+                                                            "labels": labels}
+        np.savez(buffer, **arrays)
+        write_bytes_atomically(path, buffer.getvalue())
+        return f"{path} ({len(images)} images{', with labels' if labels is not None else ''})"
+    names = list(names) if names is not None else [f"{i:06d}.png" for i in range(len(images))]
+    bad = [n for n in names if os.path.basename(n) != n or not n.lower().endswith(".png")]
+    if bad:
+        raise DataError(f"refusing to write {bad[0]!r}: image names must be plain .png file "
+                        f"names; write to an .npz instead")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{path} is a file; give a folder for PNGs or a name ending in .npz")
+    clashes = [n for n in names if os.path.exists(os.path.join(path, n))]
+    if clashes and not overwrite:
+        raise DataError(f"{path} already holds {clashes[0]}"
+                        f"{f' and {len(clashes) - 1} more' if len(clashes) > 1 else ''} of "
+                        f"the images to write; choose another folder or add --force")
+    os.makedirs(path, exist_ok=True)
+    for name, image in zip(names, images):
+        write_bytes_atomically(os.path.join(path, name), tf.io.encode_png(image).numpy())
+    return f"{len(images)} PNGs in {path}"

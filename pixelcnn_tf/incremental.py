@@ -25,7 +25,8 @@ Components: ``ConvStep`` (a MaskedConv2D), one ``LayerStep`` per pixel-layer typ
 ``step(cache, images, pos, labels)`` returns the parameters of the step's output
 distribution, ``record(cache, images, pos)`` stores a drawn pixel where the layers reading
 the image need it, and ``finish_row(cache, images, row, labels)`` runs once row ``row`` is
-complete. The sampler (sampling.py) and the tests use exactly this API.
+complete. ``walk(model, images, labels, fill)`` runs them over every step in raster order;
+the sampler (sampling.py), the codec (codec.py) and the tests use exactly this API.
 """
 from __future__ import annotations
 
@@ -758,3 +759,47 @@ def stepper(model, dtype: Optional[tf.DType] = None):
         raise ValueError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
                          f"has no incremental evaluation")
     return MODEL_STEPPERS[type(model)](model, dtype)
+
+
+def step_position(k, width: int, groups: int) -> Position:
+    """Step index k (raster order over pixels, then colour groups) → its Position."""
+    return Position(k // (width * groups), (k // groups) % width, k % groups)
+
+
+def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable) -> tf.Tensor:
+    """Visits every step of ``model`` in raster order with ``stepper(model)`` inside a
+    ``tf.while_loop`` (call it inside a ``tf.function``) and returns the final images.
+
+    At step (i, j, c) the layers are advanced to the position (``finish_row`` once per
+    completed row for row-wise layers, then ``step``), ``fill(params, images, pos)`` writes
+    the step's sub-pixels into ``images`` (int32 ``[N, H, W, C]``; the sampler draws them,
+    the codec codes them) and ``record`` stores them where the layers reading the image
+    need them. ``labels``: int32 ``[N]`` for class-conditional models, else None.
+    """
+    height, width, _ = model.image_shape
+    groups = model.distribution.groups
+    evaluator = stepper(model)
+
+    def advance(k, images, cache):
+        pos = step_position(k, width, groups)
+        inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
+        if evaluator.row_wise:  # row-wise layers: update their row states at each new row
+            cache = tf.cond((pos.i > 0) & tf.equal(pos.j, 0) & tf.equal(pos.c, 0),
+                            lambda: evaluator.finish_row(cache, inputs, pos.i - 1, labels),
+                            lambda: cache)
+        return evaluator.step(cache, inputs, pos, labels)
+
+    def record(k, images, cache):
+        # The layers reading the image get the pixel with the values just written.
+        return evaluator.record(cache, tf.cast(images, tf.float32) / 255.0,
+                                step_position(k, width, groups))
+
+    def body(k, images, cache):
+        cache, params = advance(k, images, cache)
+        images = fill(params, images, step_position(k, width, groups))
+        return k + 1, images, record(k, images, cache)
+
+    _, images, _ = tf.while_loop(lambda k, *_: k < height * width * groups, body,
+                                 [tf.constant(0), images,
+                                  evaluator.initial(tf.shape(images)[0])])
+    return images

@@ -110,11 +110,6 @@ def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tens
     return tf.argmax(logits / temperature + gumbel, axis=-1, output_type=tf.int32)
 
 
-def _step_position(k: tf.Tensor, width: int, groups: int) -> Position:
-    """Step index k (raster order over pixels, then colour groups) → its Position."""
-    return Position(k // (width * groups), (k // groups) % width, k % groups)
-
-
 def _write_subpixel(images: tf.Tensor, i, j, c, values: tf.Tensor) -> tf.Tensor:
     """images ``[N, H, W, C]`` with sub-pixel (i, j, c) of every image set to ``values``
     ``[N]``."""
@@ -183,10 +178,10 @@ def _draw_mixture(distribution: LogisticMixture, params: tf.Tensor, images: tf.T
                         tf.int32)
         value = tf.where(kept[c], pixel[:, c], value)
         pixel = tf.where(tf.equal(tf.range(channels), c)[None], value[:, None], pixel)
-    return _write_pixel(images, pos.i, pos.j, pixel)
+    return write_pixel(images, pos.i, pos.j, pixel)
 
 
-def _write_pixel(images: tf.Tensor, i, j, pixel: tf.Tensor) -> tf.Tensor:
+def write_pixel(images: tf.Tensor, i, j, pixel: tf.Tensor) -> tf.Tensor:
     """images ``[N, H, W, C]`` with pixel (i, j) of every image set to ``pixel`` ``[N, C]``."""
     n = tf.shape(images)[0]
     indices = tf.stack([tf.range(n), tf.fill([n], i), tf.fill([n], j)], axis=1)  # [N, 3]
@@ -204,7 +199,7 @@ def _naive_loop(model_ref, greedy: bool, conditional: bool):
         model = model_ref()  # traced while the caller holds the model
 
         def body(k, images):
-            pos = _step_position(k, width, groups)
+            pos = incremental.step_position(k, width, groups)
             inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
             params = model(inputs, labels if conditional else None)
             params = distribution.at(params, pos.i, pos.j, pos.c)
@@ -225,39 +220,18 @@ def _first_step(start: tf.Tensor, channels: int, groups: int) -> tf.Tensor:
 
 def _fast_loop(model_ref, greedy: bool, conditional: bool):
     """``(images, start, seed, temperature, labels) → images``: one position (and colour
-    group) of every layer per step, through ``incremental.stepper(model)``.
+    group) of every layer per step, through ``incremental.walk``.
 
     Steps before ``start`` are run too (to fill the caches) but keep their values.
     """
-    model = model_ref()
-    height, width, _ = model.image_shape
-    distribution = model.distribution
-    groups = distribution.groups
+    distribution = model_ref().distribution
 
     def sample(images, start, seed, temperature, labels):
-        model = model_ref()  # traced while the caller holds the model
-        stepper = incremental.stepper(model)
-        labels_or_none = labels if conditional else None
-
-        def body(k, images, cache):
-            pos = _step_position(k, width, groups)
-            inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
-            if stepper.row_wise:  # row-wise layers: update their row states at each new row
-                cache = tf.cond((pos.i > 0) & tf.equal(pos.j, 0) & tf.equal(pos.c, 0),
-                                lambda: stepper.finish_row(cache, inputs, pos.i - 1,
-                                                           labels_or_none),
-                                lambda: cache)
-            cache, params = stepper.step(cache, inputs, pos, labels_or_none)
-            images = _draw_step(distribution, params, images, pos, start, seed, temperature,
-                                greedy)
-            # The layers reading the image get the pixel with the values just drawn.
-            cache = stepper.record(cache, tf.cast(images, tf.float32) / 255.0, pos)
-            return k + 1, images, cache
-
-        _, images, _ = tf.while_loop(lambda k, *_: k < height * width * groups, body,
-                                     [tf.constant(0), images,
-                                      stepper.initial(tf.shape(images)[0])])
-        return images
+        def draw(params, images, pos):
+            return _draw_step(distribution, params, images, pos, start, seed, temperature,
+                              greedy)
+        return incremental.walk(model_ref(),  # traced while the caller holds the model
+                                images, labels if conditional else None, draw)
 
     return sample
 

@@ -24,7 +24,8 @@ import tensorflow as tf
 from pixelcnn_tf import data as data_lib
 from pixelcnn_tf import viz
 from pixelcnn_tf import workdir as workdir_lib
-from pixelcnn_tf.config import Config, ConfigError, check_model_fits_images, save_config
+from pixelcnn_tf.config import (Config, ConfigError, check_model_fits_images, load_config,
+                                save_config)
 from pixelcnn_tf.errors import TrainingError
 from pixelcnn_tf.likelihood import bits_per_dim
 from pixelcnn_tf.models import build_model, count_parameters
@@ -276,6 +277,17 @@ def load_trained(config: Config, workdir: str, image_shape: Sequence[int]) -> Tr
         raise ConfigError(f"{workdir} has no checkpoint; train first with train.py "
                           f"--workdir {workdir}")
     return TrainedModel(model, average, config, image_shape, restored)
+
+
+def load_for_inference(workdir: str, overrides: Sequence[str] = ()) -> TrainedModel:
+    """The run in ``workdir`` restored for exact evaluation, sampling and coding: its
+    config (with ``overrides``) in float32 arithmetic on the float32 weights, whatever
+    precision it trained in (a later ``train.mixed_precision=...`` override trades that
+    for speed)."""
+    info = workdir_lib.read_model_info(workdir)
+    config = load_config(os.path.join(workdir, CONFIG_FILE),
+                         ["train.mixed_precision=none", *overrides])
+    return load_trained(config, workdir, info["image_shape"])
 
 
 class Trainer(ModelRun):

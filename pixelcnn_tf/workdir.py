@@ -39,21 +39,28 @@ LOCK_FILE = ".lock"
 # (or out of disk) while writing them leaves them behind; the next run removes them.
 STAGING_PREFIXES = (".saved_model_", ".assets_")
 _CHECKPOINT_TEMP = re.compile(r"^ckpt-\d+_temp(_[0-9a-f]+)?$")
-_PARTIAL = re.compile(r"^.+\.\d+\.partial$")  # write_text_atomically's temporaries
+_PARTIAL = re.compile(r"^.+\.\d+\.partial$")  # write_bytes_atomically's temporaries
 _CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 # -- files -----------------------------------------------------------------------------------
-def write_text_atomically(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` so that readers see the old or the new file, never half."""
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old or the new file, never half."""
     partial = f"{path}.{os.getpid()}.partial"
     try:
-        with open(partial, "w") as f:
-            f.write(text)
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """``write_bytes_atomically`` for text (UTF-8)."""
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def ensure_writable(path: str) -> None:

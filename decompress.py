@@ -1,0 +1,60 @@
+"""Decompress a file written by compress.py, with the same run's model.
+
+  python decompress.py --workdir runs/quick FILE -o OUT [--force]
+
+OUT: a name ending in .npz (``images`` uint8 [N, H, W, C] in the order compressed, and
+``labels`` when the file has them) or a folder of PNGs (the original names when the
+input was PNGs, else 000000.png, 000001.png, ...). Existing files are replaced only with
+--force.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Sequence
+
+from pixelcnn_tf import cli
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True,
+                        help="the run directory whose model compressed the file")
+    parser.add_argument("file", help="a file written by compress.py")
+    parser.add_argument("-o", "--output", required=True,
+                        help="an .npz file or a folder for PNGs")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    cli.add_config_args(parser)
+    args = parser.parse_args(argv)
+    from pixelcnn_tf.errors import ConfigError
+    if not os.path.isfile(args.file):
+        raise ConfigError(f"{args.file} is not a file; give a file written by compress.py")
+    cli.import_tensorflow_quietly()
+
+    from pixelcnn_tf import codec
+    from pixelcnn_tf import data as data_lib
+    from pixelcnn_tf.trainer import load_for_inference
+
+    with open(args.file, "rb") as f:
+        data = f.read()
+    header = codec.read_header(data, args.file)  # a damaged file fails before the model loads
+    run = load_for_inference(args.workdir, args.overrides)
+    with run.inference_weights():  # the weights compress.py used
+        start = time.perf_counter()
+        images = codec.decode(run.model, data, args.file)
+        seconds = time.perf_counter() - start
+    written = data_lib.save_image_files(args.output, images, header.labels, header.names,
+                                        overwrite=args.force)
+    if header.labels is not None and not args.output.lower().endswith(".npz"):
+        print(f"note: {args.file} holds labels, which PNGs cannot carry; decompress to an "
+              f".npz to get them")
+    print(f"decompressed {len(images)} images ({'x'.join(map(str, images.shape[1:]))}) "
+          f"from {args.file} in {seconds:.1f} s ({len(images) / seconds:.1f} images/s); "
+          f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

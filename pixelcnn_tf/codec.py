@@ -1,0 +1,421 @@
+"""Lossless image compression with a trained model.
+
+A model's bits/dim is a code length: an entropy coder driven by the model's conditional
+distributions turns every sub-pixel into -log2 p(value) bits. ``encode`` and ``decode``
+do that with the range coder of ``constriction`` (a maintained entropy-coding library:
+exact arithmetic on integer frequencies, streams that a decoder reads back bit for bit).
+
+Exact decoding. The decoder can learn sub-pixel k only after decoding the ones before
+it, so it must run the model one step at a time (the fast sampler's incremental
+evaluation). A full pass would give the encoder the same distributions only up to the
+last bits of float32, and one differing quantized frequency breaks decoding. So both
+sides run the *same* computation: ``incremental.walk`` in one ``tf.function`` on the same
+batches (the batch size is in the file), starting from zero images into which each step
+writes its coded values. The encoder's ``fill`` supplies the true values and the
+decoder's the decoded ones; everything the network reads is identical, bit for bit, and
+so are the logits. Each sub-pixel's logits ``[N, 256]`` go to numpy
+(``tf.numpy_function``), which turns them into integer frequencies (``quantize``: every
+value at least 1, sum 2^24) that the coder uses.
+
+What this guarantees: a file decodes on the machine and software (TensorFlow build, CPU
+kind) it was written with. Another CPU kind may choose other kernels and change the last
+bits of the logits; a file therefore carries a digest of the original images, and a
+decode that does not reproduce them is an error, never wrong images without notice.
+
+File layout (little-endian)::
+
+  magic "PXCNNZ", format version (1 byte)
+  height, width (u16), channels (u8), image count (u32), batch size (u16), flags (u8:
+    1 = labels stored, 2 = names stored)
+  model fingerprint (16 bytes: sha256 of the architecture and every weight)
+  image digest (16 bytes: sha256 of the uint8 images)
+  length of the extras (u32), length of the payload (u32)
+  extras: zlib of labels (int32 [N]) and/or names (JSON list), when stored
+  payload: the range coder's 32-bit words, all batches in one stream
+  CRC-32 of everything above (u32)
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+import weakref
+import zlib
+from typing import List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pixelcnn_tf import incremental
+from pixelcnn_tf.errors import DataError
+from pixelcnn_tf.likelihood import N_LEVELS
+from pixelcnn_tf.sampling import write_pixel
+
+PRECISION = 24  # frequencies sum to 2^24: constriction's range coder precision
+TOTAL = 1 << PRECISION
+MAGIC = b"PXCNNZ"
+FORMAT_VERSION = 1
+DEFAULT_BATCH_SIZE = 64
+_FIXED = struct.Struct("<6sB HHBIHB 16s16s II")  # everything before the extras
+_CRC = struct.Struct("<I")
+_LABELS, _NAMES = 1, 2  # flags
+
+
+class CodecError(DataError):
+    """A file cannot be decoded (not ours, damaged, another model) or images cannot be
+    encoded; the message says which and what to do."""
+
+
+# -- probabilities → integer frequencies -----------------------------------------------------
+def quantize(logits: np.ndarray) -> np.ndarray:
+    """Logits ``[N, 256]`` (any scale; normalised here) → int64 frequencies ``[N, 256]``,
+    every one >= 1, each row summing to exactly 2^24.
+
+    p = softmax(logits) in float64; each value gets 1 + floor(p · (2^24 - 256)) and the
+    most probable value takes the remainder (at most 256). The cost over -log2 p is at most
+    256 / 2^24 of probability mass per sub-pixel (about 2e-5 bits). A pure function of the
+    logits' bits: both sides compute it from identical logits.
+    """
+    logits = np.asarray(logits, np.float64)
+    if not np.all(np.isfinite(logits)):
+        raise CodecError("the model produced non-finite logits; the checkpoint is damaged "
+                         "or diverged: retrain or restore a good checkpoint")
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    freqs = np.floor(p * (TOTAL - N_LEVELS)).astype(np.int64) + 1  # sum <= 2^24
+    rows = np.arange(len(freqs))
+    freqs[rows, np.argmax(freqs, axis=1)] += TOTAL - freqs.sum(axis=1)
+    return freqs
+
+
+def code_length_bits(freqs: np.ndarray, values: np.ndarray) -> float:
+    """The ideal code length in bits of ``values`` ``[N]`` under ``freqs`` ``[N, 256]``."""
+    return float(-np.log2(freqs[np.arange(len(values)), values] / TOTAL).sum())
+
+
+# constriction's Categorical quantizes float probabilities "leakily": 1 + its share of the
+# remaining 2^24 - 256. Given exactly f - 1 (integers summing to 2^24 - 256) it reproduces
+# the frequencies f (tests/test_codec.py checks the code lengths).
+_FAMILY = None
+
+
+def _family():
+    global _FAMILY
+    if _FAMILY is None:
+        import constriction
+        _FAMILY = constriction.stream.model.Categorical(perfect=False)
+    return _FAMILY
+
+
+def _coder_probabilities(freqs: np.ndarray) -> np.ndarray:
+    return (freqs - 1).astype(np.float64)
+
+
+# -- the model's identity --------------------------------------------------------------------
+def fingerprint(model) -> bytes:
+    """16 bytes identifying what decoding depends on: the model class and layer type,
+    image shape, classes, output distribution, compute dtype and every weight's bytes."""
+    h = hashlib.sha256()
+    distribution = model.distribution
+    architecture = {
+        "class": type(model).__name__, "layer_type": getattr(model, "layer_type", ""),
+        "image_shape": list(model.image_shape), "num_classes": int(model.num_classes),
+        "output": distribution.name, "num_params": int(distribution.num_params),
+        "compute_dtype": str(tf.as_dtype(model.compute_dtype).name),
+    }
+    h.update(json.dumps(architecture, sort_keys=True).encode())
+    for v in model.trainable_variables:
+        value = np.ascontiguousarray(v.numpy())
+        h.update(f"{v.name}|{value.dtype.str}|{value.shape}".encode())
+        h.update(value.tobytes())
+    return h.digest()[:16]
+
+
+def image_digest(images: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(images, np.uint8).tobytes()).digest()[:16]
+
+
+# -- the file --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Header:
+    """What a compressed file says about itself (``read_header``)."""
+    image_shape: tuple
+    count: int
+    batch_size: int
+    fingerprint: bytes
+    digest: bytes
+    labels: Optional[np.ndarray]  # int32 [N] when stored
+    names: Optional[List[str]]  # file names of the inputs when stored
+    payload: np.ndarray  # uint32 words of the range coder
+
+    @property
+    def num_dims(self) -> int:
+        return self.count * int(np.prod(self.image_shape))
+
+
+def _pack(header: Header) -> bytes:
+    extras = b""
+    flags = 0
+    if header.labels is not None:
+        flags |= _LABELS
+        extras += np.asarray(header.labels, "<i4").tobytes()
+    if header.names is not None:
+        flags |= _NAMES
+        extras += json.dumps(list(header.names)).encode()
+    extras = zlib.compress(extras, 9) if extras else b""
+    payload = np.asarray(header.payload, "<u4").tobytes()
+    height, width, channels = header.image_shape
+    body = _FIXED.pack(MAGIC, FORMAT_VERSION, height, width, channels, header.count,
+                       header.batch_size, flags, header.fingerprint, header.digest,
+                       len(extras), len(payload)) + extras + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def read_header(data: bytes, what: str = "the data") -> Header:
+    """Parses and checks a compressed file (magic, version, length, checksum); raises
+    CodecError naming the problem. Does not look at any model."""
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        raise CodecError(f"{what} is not a pixelcnn_tf compressed file (it does not start "
+                         f"with {MAGIC!r}); give a file written by compress.py")
+    if len(data) < _FIXED.size + _CRC.size:
+        raise CodecError(f"{what} is truncated: {len(data)} bytes, shorter than a header; "
+                         f"compress the images again")
+    (_, version, height, width, channels, count, batch_size, flags, model_id, digest,
+     extras_len, payload_len) = _FIXED.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise CodecError(f"{what} has format version {version}; this pixelcnn_tf reads "
+                         f"version {FORMAT_VERSION}")
+    expected = _FIXED.size + extras_len + payload_len + _CRC.size
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "longer than its header says"
+        raise CodecError(f"{what} is {state}: {len(data)} bytes, its header says "
+                         f"{expected}; compress the images again")
+    (crc,) = _CRC.unpack_from(data, expected - _CRC.size)
+    if zlib.crc32(data[:expected - _CRC.size]) != crc:
+        raise CodecError(f"{what} is corrupted (its CRC-32 does not match); compress the "
+                         f"images again")
+    if (channels not in (1, 3) or min(height, width, count, batch_size) < 1
+            or payload_len % 4 or flags & ~(_LABELS | _NAMES)):
+        raise CodecError(f"{what} has an invalid header; compress the images again")
+    labels = names = None
+    start = _FIXED.size
+    if extras_len:
+        extras = zlib.decompress(data[start:start + extras_len])
+        if flags & _LABELS:
+            labels = np.frombuffer(extras[:4 * count], "<i4").astype(np.int32)
+            extras = extras[4 * count:]
+        if flags & _NAMES:
+            names = json.loads(extras.decode())
+    payload = np.frombuffer(data[start + extras_len:start + extras_len + payload_len],
+                            "<u4").astype(np.uint32)
+    return Header((height, width, channels), count, batch_size, model_id, digest, labels,
+                  names, payload)
+
+
+# -- the coding loop -------------------------------------------------------------------------
+class _Coder:
+    """The Python side of one encode or decode: the range coder and the images."""
+
+    def __init__(self, encoder=None, decoder=None, truth: Optional[np.ndarray] = None):
+        self.encoder, self.decoder = encoder, decoder
+        self.truth = truth  # [N, H·W·C] int32 (encoding), else None
+        self.bits = 0.0  # ideal code length so far
+        self.error: Optional[Exception] = None
+
+    def __call__(self, logits: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Sub-pixel ``k`` of every image in the batch: its logits ``[N, 256]`` → values."""
+        try:
+            freqs = quantize(logits)
+            if self.encoder is not None:
+                values = self.truth[:, int(k)]
+                self.encoder.encode(values, _family(), _coder_probabilities(freqs))
+            else:
+                values = np.asarray(self.decoder.decode(_family(), _coder_probabilities(freqs)),
+                                    np.int32)
+            self.bits += code_length_bits(freqs, values)
+            return values.astype(np.int32)
+        except Exception as e:  # surfaces after the loop, with its own message
+            self.error = e
+            raise
+
+
+class _CodingLoop:
+    """The ``tf.function`` (images int32 ``[N, H, W, C]``, labels ``[N]``) → images that
+    walks every step of ``model`` and hands each sub-pixel's logits to ``self.coder``."""
+
+    def __init__(self, model):
+        self.coder: Optional[_Coder] = None
+        self.conditional = model.num_classes > 0
+        model_ref = weakref.ref(model)
+        height, width, channels = model.image_shape
+        distribution = model.distribution
+        colours_per_step = channels // distribution.groups
+
+        def code(logits, k):
+            return self.coder(logits, k)
+
+        def fill(params, images, pos):
+            pixel = images[:, pos.i, pos.j, :]  # int32 [N, C]
+            for g in range(colours_per_step):  # the colours of this step, in order
+                c = pos.c * colours_per_step + g
+                logits = distribution.subpixel_logits(params, pixel, c)  # [N, 256]
+                k = (pos.i * width + pos.j) * channels + c  # the sub-pixel's raster index
+                values = tf.numpy_function(code, [logits, k], tf.int32, stateful=True)
+                values = tf.ensure_shape(values, [None])
+                pixel = tf.where(tf.equal(tf.range(channels), c)[None], values[:, None], pixel)
+            return write_pixel(images, pos.i, pos.j, pixel)
+
+        def run(images, labels):
+            return incremental.walk(model_ref(), images,
+                                    labels if self.conditional else None, fill)
+
+        self.run = tf.function(run, input_signature=[
+            tf.TensorSpec([None, height, width, channels], tf.int32),
+            tf.TensorSpec([None], tf.int32)])
+
+
+_LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _loop(model) -> _CodingLoop:
+    if not incremental.supports(model):
+        raise CodecError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
+                         f"has no incremental evaluation, which decoding needs")
+    if model not in _LOOPS:
+        _LOOPS[model] = _CodingLoop(model)
+    return _LOOPS[model]
+
+
+def _run(model, coder: _Coder, count: int, labels: Optional[np.ndarray]) -> np.ndarray:
+    loop = _loop(model)
+    loop.coder = coder
+    shape = (count, *model.image_shape)
+    labels = np.zeros([count], np.int32) if labels is None else labels.astype(np.int32)
+    try:
+        out = loop.run(tf.zeros(shape, tf.int32), tf.constant(labels))
+    except (tf.errors.OpError, CodecError) as e:
+        cause = coder.error or e
+        if isinstance(cause, CodecError):
+            raise cause from None
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:160]
+        raise CodecError(f"entropy coding failed ({reason})") from None
+    finally:
+        loop.coder = None
+    return out.numpy()
+
+
+def _check_labels(model, labels, count: int) -> Optional[np.ndarray]:
+    if labels is None:
+        if model.num_classes > 0:
+            raise CodecError(f"the model is class-conditional (model.num_classes="
+                             f"{model.num_classes}): give each image's label")
+        return None
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != count or not np.issubdtype(labels.dtype, np.integer):
+        raise CodecError(f"labels must be {count} integers, got shape {np.shape(labels)}")
+    top = model.num_classes - 1 if model.num_classes > 0 else 2**31 - 1
+    if len(labels) and (labels.min() < 0 or labels.max() > top):
+        raise CodecError(f"labels must be class ids 0..{top}, got "
+                         f"{labels.min()}..{labels.max()}")
+    return labels.astype(np.int32)
+
+
+def _batches(count: int, batch_size: int):
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))
+
+
+@dataclasses.dataclass
+class Encoded:
+    """What ``encode_with_stats`` returns: the file and its ideal code length."""
+    data: bytes
+    ideal_bits: float  # Σ -log2 (frequency / 2^24) over every sub-pixel
+    payload_bytes: int
+
+
+def encode_with_stats(model, images, labels=None, *, names: Optional[Sequence[str]] = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> Encoded:
+    """``encode``, also returning the ideal code length and the payload size."""
+    images = np.asarray(images)
+    shape = tuple(model.image_shape)
+    if images.ndim == 3 and shape[2] == 1:
+        images = images[..., None]  # [N, H, W] → [N, H, W, 1]
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+        raise CodecError(f"images must be uint8 [N, {', '.join(map(str, shape))}] for this "
+                         f"model, got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise CodecError(f"images must be uint8 intensities 0..255, got dtype {images.dtype}")
+    count = len(images)
+    if count < 1 or count >= 2**32:
+        raise CodecError(f"give between 1 and 2^32 - 1 images, got {count}")
+    if not 1 <= int(batch_size) < 2**16:
+        raise CodecError(f"batch_size must be in 1..65535, got {batch_size}")
+    if names is not None and len(names) != count:
+        raise CodecError(f"names must be {count} strings, got {len(names)}")
+    labels = _check_labels(model, labels, count)
+    import constriction
+    encoder = constriction.stream.queue.RangeEncoder()
+    bits = 0.0
+    for part in _batches(count, int(batch_size)):
+        truth = images[part].reshape(part.stop - part.start, -1).astype(np.int32)
+        coder = _Coder(encoder=encoder, truth=truth)  # [n, H·W·C]
+        _run(model, coder, len(truth), None if labels is None else labels[part])
+        bits += coder.bits
+    payload = encoder.get_compressed()
+    header = Header(shape, count, int(batch_size), fingerprint(model), image_digest(images),
+                    labels, None if names is None else [str(n) for n in names], payload)
+    return Encoded(_pack(header), bits, 4 * len(payload))
+
+
+def encode(model, images, labels=None, *, names: Optional[Sequence[str]] = None,
+           batch_size: int = DEFAULT_BATCH_SIZE) -> bytes:
+    """Compresses uint8 ``images`` ``[N, H, W, C]`` (the model's image shape) losslessly.
+
+    Args:
+      model: a model from ``build_model`` with trained weights (the same weights must
+        decode: the file holds their fingerprint).
+      images: uint8 ``[N, H, W, C]``.
+      labels: class ids ``[N]``: required by class-conditional models; stored in the file
+        (returned by ``read_header``) whenever given.
+      names: optional file names ``[N]``, stored in the file.
+      batch_size: images coded together (stored; the decoder uses the same batches).
+
+    Returns:
+      The compressed file's bytes (``read_header`` describes them; ``decode`` inverts).
+    """
+    return encode_with_stats(model, images, labels, names=names, batch_size=batch_size).data
+
+
+def check_model(model, header: Header, what: str = "the data") -> None:
+    """Raises CodecError unless ``model`` is the one that wrote ``header``'s file."""
+    if tuple(header.image_shape) != tuple(model.image_shape):
+        raise CodecError(f"{what} holds {'x'.join(map(str, header.image_shape))} images but "
+                         f"this model takes {'x'.join(map(str, model.image_shape))}; "
+                         f"decompress with the run that compressed it")
+    if header.fingerprint != fingerprint(model):
+        raise CodecError(f"{what} was compressed with another model (fingerprint "
+                         f"{header.fingerprint.hex()}, this model's is "
+                         f"{fingerprint(model).hex()}); decompress with the run and "
+                         f"checkpoint that compressed it")
+
+
+def decode(model, data: bytes, what: str = "the data") -> np.ndarray:
+    """Decompresses ``data`` written by ``encode`` with the same model → uint8
+    ``[N, H, W, C]`` in the order encoded. Raises CodecError for foreign, damaged or
+    truncated data, another model, or a decode that does not reproduce the images."""
+    header = read_header(data, what)
+    check_model(model, header, what)
+    import constriction
+    decoder = constriction.stream.queue.RangeDecoder(header.payload)
+    out = np.zeros((header.count, *header.image_shape), np.uint8)
+    for part in _batches(header.count, header.batch_size):
+        coder = _Coder(decoder=decoder)
+        labels = None if header.labels is None else header.labels[part]
+        out[part] = _run(model, coder, part.stop - part.start, labels)
+    if image_digest(out) != header.digest:
+        raise CodecError(f"decoding {what} did not reproduce the compressed images (their "
+                         f"digest differs): it must run on the machine type and "
+                         f"TensorFlow version that compressed it")
+    return out
