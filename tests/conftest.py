@@ -23,3 +23,36 @@ def tiny_config(channels: int = 1, **model):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# Every model with an incremental evaluation: (layer type, output) pairs and pixelcnn_pp.
+def _cacheable():
+    from pixelcnn_tf import blocks, incremental
+    return sorted(name for name, cls in blocks.PIXEL_LAYERS.items()
+                  if cls in incremental.LAYER_STEPS)
+
+
+CACHEABLE = _cacheable()
+VARIANTS = [(t, o) for t in CACHEABLE for o in ("categorical", "logistic_mixture")]
+VARIANTS.append(("pixelcnn_pp", "logistic_mixture"))
+
+
+def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0,
+                 output="categorical"):
+    """A small untrained model with random non-zero biases and class biases (pixelcnn_pp:
+    8x8 images, its three resolutions need multiples of 4)."""
+    import tensorflow as tf
+    from pixelcnn_tf.models import build_model
+    tf.random.set_seed(seed)
+    if layer_type == "pixelcnn_pp":
+        cfg = tiny_config(channels, type=layer_type, output=output, num_mixtures=2,
+                          hidden_dim=4, n_layers=1, num_classes=num_classes)
+        shape = (8, 8)
+    else:
+        cfg = tiny_config(channels, type=layer_type, num_classes=num_classes, kernel_size=3,
+                          input_kernel_size=5, output=output, num_mixtures=2)
+    model = build_model(cfg.model, (*shape, channels))
+    for v in model.trainable_variables:  # non-zero biases and class biases everywhere
+        if "bias" in v.name or "class" in v.name:
+            v.assign(tf.random.normal(v.shape, stddev=0.5))
+    return model

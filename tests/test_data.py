@@ -145,3 +145,76 @@ def test_train_pipeline_caches_decoded_images_when_they_fit(cache_mb):
         assert len(reads) >= 3  # read again every epoch (prefetching may read ahead)
     seen = np.concatenate([b[0].numpy()[:, 0, 0, 0] for b in batches])
     assert sorted(seen[:6]) == list(range(6))  # every image once per epoch either way
+
+
+# -- image files (compress.py / decompress.py) -------------------------------------------------
+def write_png(path, image, **kwargs):
+    path.write_bytes(tf.io.encode_png(image, **kwargs).numpy())
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_folder_round_trip(tmp_path, rng, channels):
+    images = rng.integers(0, 256, (3, 5, 4, channels)).astype(np.uint8)
+    names = ["b.png", "a.png", "c.PNG"]
+    written = data_lib.save_image_files(str(tmp_path / "out"), images, names=names)
+    assert written == f"3 PNGs in {tmp_path / 'out'}"
+    (tmp_path / "out" / "notes.txt").write_text("not an image")
+    loaded, labels, got_names = data_lib.load_image_files(str(tmp_path / "out"))
+    assert got_names == ["a.png", "b.png", "c.PNG"] and labels is None  # sorted by name
+    np.testing.assert_array_equal(loaded, images[[1, 0, 2]])
+    one, _, one_name = data_lib.load_image_files(str(tmp_path / "out" / "b.png"))
+    np.testing.assert_array_equal(one, images[:1])
+    assert one_name == ["b.png"]
+
+
+def test_npz_output_with_labels_and_no_silent_overwrite(tmp_path, rng):
+    images = rng.integers(0, 256, (2, 3, 3, 1)).astype(np.uint8)
+    path = str(tmp_path / "x.npz")
+    data_lib.save_image_files(path, images, labels=np.array([3, 1], np.int32))
+    before = open(path, "rb").read()
+    with pytest.raises(DataError, match="exists; choose another output or add --force"):
+        data_lib.save_image_files(path, images[::-1])
+    assert open(path, "rb").read() == before  # untouched, byte for byte
+    data_lib.save_image_files(path, images[::-1], overwrite=True)
+    loaded, labels, names = data_lib.load_image_files(path)
+    np.testing.assert_array_equal(loaded, images[::-1])
+    assert labels is None and names is None
+
+
+def test_png_folder_refuses_to_overwrite_and_bad_names(tmp_path, rng):
+    images = rng.integers(0, 256, (2, 3, 3, 1)).astype(np.uint8)
+    folder = tmp_path / "pngs"
+    data_lib.save_image_files(str(folder), images)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(DataError, match="already holds 000000.png and 1 more"):
+        data_lib.save_image_files(str(folder), images[::-1])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    for name in ("../evil.png", "sub/x.png", "x.txt"):
+        with pytest.raises(DataError, match="plain .png file names"):
+            data_lib.save_image_files(str(tmp_path / "o"), images[:1], names=[name])
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_png_errors(tmp_path, rng):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    with pytest.raises(DataError, match="holds no .png files"):
+        data_lib.load_image_files(str(folder))
+    write_png(folder / "a.png", rng.integers(0, 256, (4, 4, 1)).astype(np.uint8))
+    write_png(folder / "b.png", rng.integers(0, 256, (4, 5, 1)).astype(np.uint8))
+    with pytest.raises(DataError, match="different shapes .a.png is 4x4x1, b.png is 4x5x1"):
+        data_lib.load_image_files(str(folder))
+    deep = tmp_path / "deep.png"
+    write_png(deep, rng.integers(0, 65536, (4, 4, 1)).astype(np.uint16))
+    with pytest.raises(DataError, match="16 bits per sample"):
+        data_lib.load_image_files(str(deep))
+    alpha = tmp_path / "alpha.png"
+    write_png(alpha, rng.integers(0, 256, (4, 4, 4)).astype(np.uint8))
+    with pytest.raises(DataError, match="alpha channel"):
+        data_lib.load_image_files(str(alpha))
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"hello")
+    with pytest.raises(DataError, match="is not a PNG file"):
+        data_lib.load_image_files(str(fake))
+    with pytest.raises(DataError, match="does not exist"):
+        data_lib.load_image_files(str(tmp_path / "missing.png"))

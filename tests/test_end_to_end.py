@@ -247,3 +247,74 @@ def test_two_workers_on_localhost_complete(tmp_path):
     assert os.path.exists(os.path.join(workdir, "checkpoints", "checkpoint"))
     steps = [e.step for e in read_events(os.path.join(workdir, "train")).Tensors("bits_per_dim")]
     assert steps == [2, 4]  # summaries written once, by the chief
+
+
+def test_compress_and_decompress_cli(tmp_path):
+    """compress.py / decompress.py on a trained run: .npz and PNG folders back bit for bit,
+    and every user error one line, exit 2, with the files already there untouched."""
+    config, workdir = tiny_grey_run(tmp_path)
+    assert run("train.py", "--config", config, "--workdir", workdir).returncode == 0
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 6, 5)).astype(np.uint8)
+    npz = tmp_path / "in.npz"
+    np.savez(npz, images=images, labels=np.arange(7))
+    packed = str(tmp_path / "in.pxz")
+
+    done = run("compress.py", "--workdir", workdir, str(npz), "-o", packed, "--verify")
+    assert done.returncode == 0, done.stderr
+    assert "compressed 7 images (6x5x1)" in done.stdout and "verified" in done.stdout
+    size = os.path.getsize(packed)
+    assert f"{size:,} bytes = {8 * size / images.size:.4f} bits/dim" in done.stdout
+    back = run("decompress.py", "--workdir", workdir, packed, "-o", str(tmp_path / "o.npz"))
+    assert back.returncode == 0, back.stderr
+    with np.load(tmp_path / "o.npz") as f:
+        np.testing.assert_array_equal(f["images"], images[..., None])
+        np.testing.assert_array_equal(f["labels"], np.arange(7))
+
+    pngs = tmp_path / "pngs"  # a folder of PNGs back to a folder with the same names
+    pngs.mkdir()
+    for i, image in enumerate(images[:3]):
+        (pngs / f"digit_{i}.png").write_bytes(tf.io.encode_png(image[..., None]).numpy())
+    assert run("compress.py", "--workdir", workdir, str(pngs), "-o",
+               str(tmp_path / "p.pxz")).returncode == 0
+    assert run("decompress.py", "--workdir", workdir, str(tmp_path / "p.pxz"), "-o",
+               str(tmp_path / "pngs_out")).returncode == 0
+    for i in range(3):
+        name = f"digit_{i}.png"
+        decoded = tf.io.decode_png((tmp_path / "pngs_out" / name).read_bytes()).numpy()
+        np.testing.assert_array_equal(decoded[..., 0], images[i])
+
+    def fails(script, *args, message):
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+                  and "run" not in p.parts}
+        result = run(script, "--workdir", workdir, *args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.stderr
+        after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+                 and "run" not in p.parts}
+        assert after == before  # nothing lost, nothing half-written
+
+    fails("compress.py", str(npz), "-o", packed, message="exists; choose another name or "
+                                                          "add --force")
+    fails("decompress.py", packed, "-o", str(tmp_path / "o.npz"), message="add --force")
+    fails("decompress.py", str(tmp_path / "p.pxz"), "-o", str(tmp_path / "pngs_out"),
+          message="already holds digit_0.png and 2 more")
+    truncated = tmp_path / "cut.pxz"
+    truncated.write_bytes(open(packed, "rb").read()[:-9])
+    fails("decompress.py", str(truncated), "-o", str(tmp_path / "x.npz"),
+          message=f"{truncated} is truncated")
+    fails("decompress.py", str(npz), "-o", str(tmp_path / "x.npz"),
+          message="is not a pixelcnn_tf compressed file")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, images=np.zeros((2, 5, 5), np.uint8))
+    fails("compress.py", str(wrong), "-o", str(tmp_path / "w.pxz"),
+          message="images are 5x5x1 but the model of")
+    other = str(tmp_path / "other")  # another model: the same config, another seed
+    assert run("train.py", "--config", config, "--workdir", other, "--set", "train.seed=1",
+               "--set", "train.steps=2").returncode == 0
+    before = {p: p.read_bytes() for p in tmp_path.glob("*.pxz")}
+    result = run("decompress.py", "--workdir", other, packed, "-o", str(tmp_path / "y.npz"))
+    assert result.returncode == 2 and "compressed with another model" in result.stderr
+    assert not (tmp_path / "y.npz").exists()
+    assert {p: p.read_bytes() for p in tmp_path.glob("*.pxz")} == before

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import CACHEABLE, VARIANTS, random_model, tiny_config
 from pixelcnn_tf import blocks, generate_images, incremental
 from pixelcnn_tf.models import build_model
 from pixelcnn_tf.trainer import Trainer
@@ -107,34 +107,8 @@ def test_class_conditional_sampling(tmp_path, layer_type):
 from pixelcnn_tf.incremental import Position  # noqa: E402
 from pixelcnn_tf.sampling import uniform_noise  # noqa: E402
 
-CACHEABLE = sorted(name for name, cls in blocks.PIXEL_LAYERS.items()
-                   if cls in incremental.LAYER_STEPS)
-
-
 def test_cacheable_types():
     assert CACHEABLE == sorted(blocks.PIXEL_LAYERS)  # every type has a fast sampler
-
-
-# Every model with an incremental evaluation: (layer type, output) pairs and pixelcnn_pp.
-VARIANTS = [(t, o) for t in CACHEABLE for o in ("categorical", "logistic_mixture")]
-VARIANTS.append(("pixelcnn_pp", "logistic_mixture"))
-
-
-def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0,
-                 output="categorical"):
-    tf.random.set_seed(seed)
-    if layer_type == "pixelcnn_pp":
-        cfg = tiny_config(channels, type=layer_type, output=output, num_mixtures=2,
-                          hidden_dim=4, n_layers=1, num_classes=num_classes)
-        shape = (8, 8)  # three resolutions: multiples of 4
-    else:
-        cfg = tiny_config(channels, type=layer_type, num_classes=num_classes, kernel_size=3,
-                          input_kernel_size=5, output=output, num_mixtures=2)
-    model = build_model(cfg.model, (*shape, channels))
-    for v in model.trainable_variables:  # non-zero biases and class biases everywhere
-        if "bias" in v.name or "class" in v.name:
-            v.assign(tf.random.normal(v.shape, stddev=0.5))
-    return model
 
 
 def run_steps(model, x, labels):
