@@ -3,6 +3,7 @@
   pip install -r benchmarks/requirements.txt   # imagecodecs: PNG, WebP, JPEG XL
   python benchmarks/compression.py [--datasets mnist5k,cifar]
       [--workdir-mnist5k DIR] [--workdir-cifar DIR] [--mnist5k-set K=V ...] [--cifar-set K=V ...]
+      [--keep DIR]
 
 For each dataset a model is trained with train.py (or an existing run is used with
 ``--workdir-<dataset>``), then the images it was *not* trained on (its config's
@@ -165,13 +166,15 @@ def main() -> None:
                             help=f"a trained {name} run (default: train one)")
         parser.add_argument(f"--{name}-set", action="append", default=[], metavar="K=V",
                             help=f"a training override for {name}, e.g. train.steps=500")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="keep the runs this script trains as DIR/<dataset>")
     args = parser.parse_args()
     for dataset in args.datasets.split(","):
         print(f"\n{dataset}:", flush=True)
         with tempfile.TemporaryDirectory() as scratch:
             workdir = getattr(args, f"workdir_{dataset}")
             if workdir is None:
-                workdir = os.path.join(scratch, "run")
+                workdir = os.path.join(args.keep or scratch, dataset if args.keep else "run")
                 train(dataset, workdir, getattr(args, f"{dataset}_set"))
             ours = measure_model(workdir, args.batch_size)
         images = ours["images"]

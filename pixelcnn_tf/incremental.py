@@ -85,12 +85,16 @@ def record_at(row_values: tf.Tensor, values: tf.Tensor, pos: Position,
 class ConvStep:
     """A MaskedConv2D at one position and colour group.
 
-    Cache: the layer's input, zero-padded, ``[N, H + kh//2, W + 2·(kw//2), C_in]`` (a
-    masked kxk convolution reads rows i-kh//2..i only); for a 1x1 convolution only the
-    current pixel ``[N, 1, 1, C_in]`` (its earlier colour groups). A step writes the input
-    at (i, j) (all of it, or colour group c), reads the rows it can see and multiplies by
-    the kernel columns of output group c: ``[N, C_out / groups]``. Kernels are masked, cut
-    to their top kh//2 + 1 rows and split by output group once, outside the loop.
+    Cache: the layer's input over the rows a masked kxk convolution reads at row i,
+    i-kh//2..i, in a ring of ``R = kh//2 + 1`` rows (image row r in slot r mod R), each
+    zero-padded to ``W + 2·(kw//2)`` columns: ``[N, R, W + 2·(kw//2), C_in]``; for a 1x1
+    convolution only the current pixel ``[N, 1, 1, C_in]`` (its earlier colour groups). A
+    step writes the input at (i, j) (all of it, or colour group c), reads the ring's rows
+    as they lie and multiplies by the kernel, rotated to the ring's order, columns of
+    output group c: ``[N, C_out / groups]``. Kernels are masked, cut to their top
+    kh//2 + 1 rows, rotated and split by output group once, outside the loop. (A small
+    cache matters where the loop cannot update it in place, as in the codec's graph-mode
+    loop, which copies it every step.)
     """
 
     def __init__(self, conv: MaskedConv2D, height: int, width: int, dtype: tf.DType):
@@ -98,31 +102,48 @@ class ConvStep:
         self.height, self.width, self.dtype = height, width, tf.as_dtype(dtype)
         kh, kw = conv.kernel_size
         self.one_by_one = (kh, kw) == (1, 1)
+        self.rows = kh // 2 + 1  # R: the rows of the ring
         n, c_out = conv.n_colors, conv.features_out
         self.groups = n
         self.c_in = int(conv.kernel.shape[2])
-        kernel = tf.reshape(conv.masked_kernel(dtype)[:kh // 2 + 1], [-1, n, c_out // n])
-        # [K, n, C_out/n] → [n, K, C_out/n]: the kernel columns of each output group.
-        self.weights = tf.transpose(kernel, [1, 0, 2])
+        kernel = conv.masked_kernel(dtype)[:kh // 2 + 1]  # [R, kw, C_in, C_out]
+        # Slot s of the ring holds kernel row (s - i + kh//2) mod R at row i: one copy of
+        # the kernel per rotation r = (i - kh//2) mod R, rows in slot order, so that a step
+        # multiplies the ring as it lies. [R (rotation), n (group), K, C_out/n].
+        rotations = [tf.roll(kernel, shift=r, axis=0) for r in range(self.rows)]
+        kernels = tf.reshape(tf.stack(rotations), [self.rows, -1, n, c_out // n])
+        kernels = tf.transpose(kernels, [0, 2, 1, 3])  # [R, K, n, ·] → [R, n, K, ·]
+        self.weights = tf.reshape(kernels, [self.rows * n, -1, c_out // n])  # [R·n, K, ·]
         bias = conv.bias if conv.bias is not None else tf.zeros([c_out])
         self.biases = tf.reshape(tf.cast(bias, dtype), [n, c_out // n])
 
     def initial(self, batch) -> tf.Tensor:
-        kh, kw = self.conv.kernel_size
+        _, kw = self.conv.kernel_size
         shape = ([batch, 1, 1, self.c_in] if self.one_by_one else
-                 [batch, self.height + kh // 2, self.width + 2 * (kw // 2), self.c_in])
+                 [batch, self.rows, self.width + 2 * (kw // 2), self.c_in])
         return tf.zeros(tf.stack(shape), self.dtype)
 
     def write(self, cache: tf.Tensor, x: tf.Tensor, pos: Position) -> tf.Tensor:
         """``cache`` with the input at ``pos`` set: ``x`` is all of it ``[N, C_in]`` or its
-        colour group ``pos.c`` ``[N, C_in / groups]``."""
-        kh, kw = self.conv.kernel_size
-        row, col = (0, 0) if self.one_by_one else (pos.i + kh // 2, pos.j + kw // 2)
+        colour group ``pos.c`` ``[N, C_in / groups]`` (the groups after it are zeroed). In
+        the ring, the next kw//2 columns of the row are zeroed too: they still hold row
+        i - R, and the step at ``pos`` reads them (with zero weights)."""
+        _, kw = self.conv.kernel_size
         n = tf.shape(x)[0]
-        where = tf.stack([tf.range(n), tf.fill([n], row), tf.fill([n], col)], axis=1)  # [N, 3]
-        if x.shape[-1] != self.c_in:  # one colour group: keep the other groups
-            x = with_colour_group(tf.gather_nd(cache, where), x, pos.c, self.groups)
-        return tf.tensor_scatter_nd_update(cache, where, x)
+        row, col = (0, 0) if self.one_by_one else (pos.i % self.rows, pos.j + kw // 2)
+        if x.shape[-1] != self.c_in:  # one colour group: keep this pixel's earlier groups
+            here = tf.stack([tf.range(n), tf.fill([n], row), tf.fill([n], col)], axis=1)
+            earlier = tf.gather_nd(cache, here)  # [N, C_in]; at c = 0 an older pixel's
+            earlier = tf.where(pos.c > 0, earlier, tf.zeros_like(earlier))
+            x = with_colour_group(earlier, x, pos.c, self.groups)
+        span = 1 if self.one_by_one else kw // 2 + 1  # the pixel, then the zeroed columns
+        block = tf.concat([x[:, None], tf.zeros(tf.stack([n, span - 1, self.c_in]), x.dtype)],
+                          axis=1)  # [N, span, C_in]
+        where = tf.stack([tf.tile(tf.range(n)[:, None], [1, span]),
+                          tf.fill(tf.stack([n, span]), row),
+                          tf.tile((col + tf.range(span))[None], [n, 1])],
+                         axis=-1)  # [N, span, 3] = (n, slot, column)
+        return tf.tensor_scatter_nd_update(cache, where, block)
 
     def step(self, cache: tf.Tensor, x: tf.Tensor, pos: Position):
         """→ (cache, output group ``pos.c`` at ``pos`` ``[N, C_out / groups]``)."""
@@ -130,13 +151,16 @@ class ConvStep:
         n = tf.shape(x)[0]
         if self.one_by_one:
             inputs = cache[:, 0, 0, :]  # [N, C_in]
+            weights = tf.gather(self.weights, pos.c)  # [K, C_out/groups]
         else:
             kh, kw = self.conv.kernel_size
-            # Rows i-kh//2..i, columns j-kw//2..j+kw//2 of the input: [N, kh//2+1, kw, C_in].
-            patch = tf.slice(cache, tf.stack([0, pos.i, pos.j, 0]),
-                             tf.stack([n, kh // 2 + 1, kw, self.c_in]))
-            inputs = tf.reshape(patch, [n, -1])  # [N, kh//2+1, kw, C_in] → [N, K]
-        weights = tf.gather(self.weights, pos.c)  # [K, C_out/groups]
+            # The ring's rows as they lie (slot order), columns j-kw//2..j+kw//2:
+            # [N, R, kw, C_in]; the kernel rotated to match.
+            patch = tf.slice(cache, tf.stack([0, 0, pos.j, 0]),
+                             tf.stack([n, self.rows, kw, self.c_in]))
+            inputs = tf.reshape(patch, [n, -1])  # [N, R, kw, C_in] → [N, K]
+            rotation = (pos.i - kh // 2) % self.rows
+            weights = tf.gather(self.weights, rotation * self.groups + pos.c)  # [K, C_out/g]
         return cache, tf.matmul(inputs, weights) + tf.gather(self.biases, pos.c)
 
 
