@@ -6,10 +6,10 @@
       [--keep DIR]
 
 For each dataset a model is trained with train.py (or an existing run is used with
-``--workdir-<dataset>``), then the images it was *not* trained on (its config's
-validation split: the 500 held-out mnist5k digits; 500 of the 4,660 real CIFAR-10
-images in ``../shared/data/cifar10-4660.npz``, the model trained on the other 4,160) are
-compressed:
+``--workdir-<dataset>``; ``--keep DIR`` keeps the runs it trains as DIR/<dataset>), then
+the images it was *not* trained on (its config's validation split: the 500 held-out
+mnist5k digits; 500 of the 4,660 real CIFAR-10 images in
+``../shared/data/cifar10-4660.npz``, the model trained on the other 4,160) are compressed:
 
   model      one file from ``pixelcnn_tf.codec.encode`` (header included), decoded and
              compared image for image; its bits/dim against the model's own (full pass)
