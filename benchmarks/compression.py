@@ -3,7 +3,7 @@
   pip install -r benchmarks/requirements.txt   # imagecodecs: PNG, WebP, JPEG XL
   python benchmarks/compression.py [--datasets mnist5k,cifar]
       [--workdir-mnist5k DIR] [--workdir-cifar DIR] [--mnist5k-set K=V ...] [--cifar-set K=V ...]
-      [--keep DIR]
+      [--keep DIR] [--codecs png,webp,jxl | none]
 
 For each dataset a model is trained with train.py (or an existing run is used with
 ``--workdir-<dataset>``; ``--keep DIR`` keeps the runs it trains as DIR/<dataset>), then
@@ -63,24 +63,33 @@ def train(dataset: str, workdir: str, extra) -> None:
           f"{time.perf_counter() - started:.0f} s", flush=True)
 
 
-def standard_codecs():
-    """name → (encode(uint8 [H, W, C]) → bytes, decode(bytes) → array)."""
+def standard_codecs(chosen) -> dict:
+    """name → (encode(uint8 [H, W, C]) → bytes, decode(bytes) → array), for the ``chosen``
+    keys of png, webp, jxl."""
+    if not chosen:
+        return {}
     import imagecodecs
+
+    def grey_as_2d(image):  # PNG and JPEG XL take grey images as [H, W]
+        return image[..., 0] if image.shape[-1] == 1 else image
 
     def as_rgb(image):  # WebP codes RGB(A) only
         return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
 
-    return {
-        "PNG (level 9)": (lambda im: imagecodecs.png_encode(im[..., 0] if im.shape[-1] == 1
-                                                            else im, level=9),
-                          imagecodecs.png_decode),
-        "WebP lossless": (lambda im: imagecodecs.webp_encode(as_rgb(im), level=100,
-                                                             lossless=True, method=6),
-                          imagecodecs.webp_decode),
-        "JPEG XL lossless": (lambda im: imagecodecs.jpegxl_encode(
-            im[..., 0] if im.shape[-1] == 1 else im, lossless=True, effort=9),
-            imagecodecs.jpegxl_decode),
+    every = {
+        "png": (lambda im: imagecodecs.png_encode(grey_as_2d(im), level=9),
+                imagecodecs.png_decode),
+        "webp": (lambda im: imagecodecs.webp_encode(as_rgb(im), level=100, lossless=True,
+                                                    method=6),
+                 imagecodecs.webp_decode),
+        "jxl": (lambda im: imagecodecs.jpegxl_encode(grey_as_2d(im), lossless=True,
+                                                     effort=9),
+                imagecodecs.jpegxl_decode),
     }
+    return {NAMES[key]: every[key] for key in chosen}
+
+
+NAMES = {"png": "PNG (level 9)", "webp": "WebP lossless", "jxl": "JPEG XL lossless"}
 
 
 def tile(images: np.ndarray) -> np.ndarray:
@@ -102,12 +111,12 @@ def same(decoded, image) -> bool:
     return np.array_equal(decoded.reshape(image.shape), image)
 
 
-def measure_standard(images: np.ndarray) -> list:
+def measure_standard(images: np.ndarray, chosen) -> list:
     """Rows (name, bits/dim, encode images/s, decode images/s) per codec, per-image files
     and one tiled picture; every image checked after decoding."""
     rows = []
     dims = images.size
-    for name, (encode, decode) in standard_codecs().items():
+    for name, (encode, decode) in standard_codecs(chosen).items():
         t = time.perf_counter()
         files = [encode(im) for im in images]
         enc_s = time.perf_counter() - t
@@ -166,9 +175,16 @@ def main() -> None:
                             help=f"a trained {name} run (default: train one)")
         parser.add_argument(f"--{name}-set", action="append", default=[], metavar="K=V",
                             help=f"a training override for {name}, e.g. train.steps=500")
+    parser.add_argument("--codecs", default="png,webp,jxl",
+                        help="standard codecs to compare with (png, webp, jxl; none: only "
+                             "the model codec, without imagecodecs)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep the runs this script trains as DIR/<dataset>")
     args = parser.parse_args()
+    chosen = [] if args.codecs == "none" else args.codecs.split(",")
+    unknown = sorted(set(chosen) - set(NAMES))
+    if unknown:
+        parser.error(f"unknown codecs {unknown}; choose from {', '.join(NAMES)} or none")
     for dataset in args.datasets.split(","):
         print(f"\n{dataset}:", flush=True)
         with tempfile.TemporaryDirectory() as scratch:
@@ -184,19 +200,20 @@ def main() -> None:
         print(f"  {'codec':38s} {'bits/dim':>9s} {'÷ model file':>13s} {'encode img/s':>13s} "
               f"{'decode img/s':>13s}")
         rows = [("model codec (one file, header incl.)", ours["file_bpd"], ours["enc"],
-                 ours["dec"])] + measure_standard(images)
+                 ours["dec"])] + measure_standard(images, chosen)
         for name, bpd, enc, dec in rows:
             speed = (f"{enc:13.1f} {dec:13.1f}" if enc is not None else f"{'':13s} {'':13s}")
             print(f"  {name:38s} {bpd:9.4f} {bpd / ours['file_bpd']:13.3f} {speed}")
-        best = min(rows[1:], key=lambda r: r[1])
         print(f"  the model's own bits/dim (full pass): {ours['model_bpd']:.4f}; the file: "
               f"{ours['file_bpd']:.4f} ({100 * (ours['file_bpd'] / ours['model_bpd'] - 1):+.3f}"
               f"%; coded payload {ours['payload_bpd']:.4f}, "
               f"{100 * (ours['payload_bpd'] / ours['model_bpd'] - 1):+.3f}%, header "
               f"{ours['header']} bytes)")
-        print(f"  best standard codec: {best[0]} at {best[1]:.4f} bits/dim; the model codec "
-              f"is {'smaller' if ours['file_bpd'] < best[1] else 'NOT smaller'} by "
-              f"{100 * (1 - ours['file_bpd'] / best[1]):.1f}%", flush=True)
+        if len(rows) > 1:
+            best = min(rows[1:], key=lambda r: r[1])
+            print(f"  best standard codec: {best[0]} at {best[1]:.4f} bits/dim; the model "
+                  f"codec is {'smaller' if ours['file_bpd'] < best[1] else 'NOT smaller'} "
+                  f"by {100 * (1 - ours['file_bpd'] / best[1]):.1f}%", flush=True)
 
 
 if __name__ == "__main__":
