@@ -199,19 +199,36 @@ def read_header(data: bytes, what: str = "the data") -> Header:
     if (channels not in (1, 3) or min(height, width, count, batch_size) < 1
             or payload_len % 4 or flags & ~(_LABELS | _NAMES)):
         raise CodecError(f"{what} has an invalid header; compress the images again")
-    labels = names = None
     start = _FIXED.size
-    if extras_len:
-        extras = zlib.decompress(data[start:start + extras_len])
-        if flags & _LABELS:
-            labels = np.frombuffer(extras[:4 * count], "<i4").astype(np.int32)
-            extras = extras[4 * count:]
-        if flags & _NAMES:
-            names = json.loads(extras.decode())
+    try:
+        labels, names = _unpack_extras(data[start:start + extras_len], flags, count)
+    except (zlib.error, ValueError, UnicodeDecodeError):
+        raise CodecError(f"{what} has an invalid header (its labels or names cannot be "
+                         f"read); compress the images again") from None
     payload = np.frombuffer(data[start + extras_len:start + extras_len + payload_len],
                             "<u4").astype(np.uint32)
     return Header((height, width, channels), count, batch_size, model_id, digest, labels,
                   names, payload)
+
+
+def _unpack_extras(extras: bytes, flags: int, count: int):
+    """The labels (int32 ``[count]``) and names (``count`` strings) stored, or None; a
+    ValueError when they do not fit the header."""
+    labels = names = None
+    extras = zlib.decompress(extras) if extras else b""
+    if flags & _LABELS:
+        if len(extras) < 4 * count:
+            raise ValueError("labels cut short")
+        labels = np.frombuffer(extras[:4 * count], "<i4").astype(np.int32)
+        extras = extras[4 * count:]
+    if flags & _NAMES:
+        names = json.loads(extras.decode())  # json.JSONDecodeError is a ValueError
+        if (not isinstance(names, list) or len(names) != count
+                or not all(isinstance(n, str) for n in names)):
+            raise ValueError("names do not match the images")
+    elif extras:
+        raise ValueError("unexpected extras")
+    return labels, names
 
 
 # -- the coding loop -------------------------------------------------------------------------

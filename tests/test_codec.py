@@ -272,3 +272,19 @@ def test_header_layout(coded):
     assert header.fingerprint == codec.fingerprint(model)
     assert header.digest == codec.image_digest(images)
     assert header.batch_size == 4 and header.names[5] == "5.png"
+
+
+def test_unreadable_extras_behind_a_valid_checksum_are_refused(coded):
+    """Labels / names that do not fit the header (a CRC cannot see a crafted file)."""
+    model, _, data = coded
+    header = codec.read_header(data)
+    for labels, names in ((header.labels[:3], header.names),  # labels cut short
+                          (header.labels, header.names[:2]),  # names of 2 images, not 6
+                          (header.labels, [1, 2, 3, 4, 5, 6])):  # names that are not strings
+        body = codec._pack(codec.Header(**{**vars(header), "labels": labels, "names": names}))
+        with pytest.raises(CodecError, match="invalid header"):
+            codec.decode(model, body)
+    garbled = bytearray(data[:-4])  # zlib data that does not inflate
+    garbled[codec._FIXED.size:codec._FIXED.size + 4] = b"\0\0\0\0"
+    with pytest.raises(CodecError, match="invalid header"):
+        codec.decode(model, with_valid_crc(bytes(garbled)))
