@@ -44,6 +44,7 @@ import weakref
 import zlib
 from typing import List, Optional, Sequence
 
+import constriction
 import numpy as np
 import tensorflow as tf
 
@@ -96,16 +97,9 @@ def code_length_bits(freqs: np.ndarray, values: np.ndarray) -> float:
 
 # constriction's Categorical quantizes float probabilities "leakily": 1 + its share of the
 # remaining 2^24 - 256. Given exactly f - 1 (integers summing to 2^24 - 256) it reproduces
-# the frequencies f (tests/test_codec.py checks the code lengths).
-_FAMILY = None
-
-
-def _family():
-    global _FAMILY
-    if _FAMILY is None:
-        import constriction
-        _FAMILY = constriction.stream.model.Categorical(perfect=False)
-    return _FAMILY
+# the frequencies f (tests/test_codec.py checks the code lengths). One model family serves
+# every sub-pixel; its probabilities come with each call.
+CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 
 
 def _coder_probabilities(freqs: np.ndarray) -> np.ndarray:
@@ -238,21 +232,20 @@ class _Coder:
     def __init__(self, encoder=None, decoder=None, truth: Optional[np.ndarray] = None):
         self.encoder, self.decoder = encoder, decoder
         self.truth = truth  # [N, H·W·C] int32 (encoding), else None
-        self.bits = 0.0  # ideal code length so far
+        self.bits = 0.0  # ideal code length of what was encoded so far
         self.error: Optional[Exception] = None
 
     def __call__(self, logits: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Sub-pixel ``k`` of every image in the batch: its logits ``[N, 256]`` → values."""
         try:
             freqs = quantize(logits)
-            if self.encoder is not None:
-                values = self.truth[:, int(k)]
-                self.encoder.encode(values, _family(), _coder_probabilities(freqs))
-            else:
-                values = np.asarray(self.decoder.decode(_family(), _coder_probabilities(freqs)),
-                                    np.int32)
+            probabilities = _coder_probabilities(freqs)
+            if self.decoder is not None:
+                return np.asarray(self.decoder.decode(CATEGORICAL, probabilities), np.int32)
+            values = np.ascontiguousarray(self.truth[:, int(k)])
+            self.encoder.encode(values, CATEGORICAL, probabilities)
             self.bits += code_length_bits(freqs, values)
-            return values.astype(np.int32)
+            return values
         except Exception as e:  # surfaces after the loop, with its own message
             self.error = e
             raise
@@ -372,7 +365,6 @@ def encode_with_stats(model, images, labels=None, *, names: Optional[Sequence[st
     if names is not None and len(names) != count:
         raise CodecError(f"names must be {count} strings, got {len(names)}")
     labels = _check_labels(model, labels, count)
-    import constriction
     encoder = constriction.stream.queue.RangeEncoder()
     bits = 0.0
     for part in _batches(count, int(batch_size)):
@@ -424,7 +416,6 @@ def decode(model, data: bytes, what: str = "the data") -> np.ndarray:
     truncated data, another model, or a decode that does not reproduce the images."""
     header = read_header(data, what)
     check_model(model, header, what)
-    import constriction
     decoder = constriction.stream.queue.RangeDecoder(header.payload)
     out = np.zeros((header.count, *header.image_shape), np.uint8)
     for part in _batches(header.count, header.batch_size):

@@ -97,9 +97,9 @@ class ConvStep:
     loop, which copies it every step.)
     """
 
-    def __init__(self, conv: MaskedConv2D, height: int, width: int, dtype: tf.DType):
+    def __init__(self, conv: MaskedConv2D, width: int, dtype: tf.DType):
         self.conv = conv
-        self.height, self.width, self.dtype = height, width, tf.as_dtype(dtype)
+        self.width, self.dtype = width, tf.as_dtype(dtype)
         kh, kw = conv.kernel_size
         self.one_by_one = (kh, kw) == (1, 1)
         self.rows = kh // 2 + 1  # R: the rows of the ring
@@ -176,12 +176,12 @@ class LayerStep:
 
     row_wise = False
 
-    def __init__(self, layer: blocks.PixelLayer, height: int, width: int, dtype: tf.DType):
-        self.layer, self.height, self.width, self.dtype = layer, height, width, dtype
+    def __init__(self, layer: blocks.PixelLayer, width: int, dtype: tf.DType):
+        self.layer, self.width, self.dtype = layer, width, dtype
         self.groups = layer.n_colors
 
     def conv(self, conv: MaskedConv2D) -> ConvStep:
-        return ConvStep(conv, self.height, self.width, self.dtype)
+        return ConvStep(conv, self.width, self.dtype)
 
     def initial(self, batch) -> tuple:
         raise NotImplementedError
@@ -206,16 +206,16 @@ def steps_for(layer_cls: Type[blocks.PixelLayer]) -> Callable:
     return register
 
 
-def layer_step(layer: blocks.PixelLayer, height: int, width: int, dtype) -> LayerStep:
-    return LAYER_STEPS[type(layer)](layer, height, width, dtype)
+def layer_step(layer: blocks.PixelLayer, width: int, dtype) -> LayerStep:
+    return LAYER_STEPS[type(layer)](layer, width, dtype)
 
 
 @steps_for(blocks.PixelCNNBlock)
 class PixelCNNStep(LayerStep):
     """Three masked convolutions, each at the one position."""
 
-    def __init__(self, layer, height, width, dtype):
-        super().__init__(layer, height, width, dtype)
+    def __init__(self, layer, width, dtype):
+        super().__init__(layer, width, dtype)
         self.convs = [self.conv(c) for c in (layer.reduce, layer.conv, layer.expand)]
 
     def initial(self, batch):
@@ -239,8 +239,8 @@ class GatedStep(LayerStep):
 
     row_wise = True
 
-    def __init__(self, layer, height, width, dtype):
-        super().__init__(layer, height, width, dtype)
+    def __init__(self, layer, width, dtype):
+        super().__init__(layer, width, dtype)
         self.horizontal = self.conv(layer.horizontal)
         self.horizontal_out = self.conv(layer.horizontal_out)
 
@@ -283,8 +283,8 @@ class _RecurrentStep(LayerStep):
 
     row_wise = True
 
-    def __init__(self, layer, height, width, dtype):
-        super().__init__(layer, height, width, dtype)
+    def __init__(self, layer, width, dtype):
+        super().__init__(layer, width, dtype)
         self.output = self.conv(layer.output)
 
     def residual(self, out_cache, x, hidden, pos, condition):
@@ -299,8 +299,8 @@ class RowLSTMStep(_RecurrentStep):
     """Row state: the state-to-state gates from the row above ``[N, W, 4h]`` and its
     cell ``[N, W, h]``; a step runs the LSTM at the position."""
 
-    def __init__(self, layer, height, width, dtype):
-        super().__init__(layer, height, width, dtype)
+    def __init__(self, layer, width, dtype):
+        super().__init__(layer, width, dtype)
         self.input_to_state = self.conv(layer.input_to_state)
 
     def initial(self, batch):
@@ -333,8 +333,8 @@ class DiagonalBiLSTMStep(_RecurrentStep):
     backward hidden states of the row above, and the forward hidden state and cell of the
     current row, filled in position by position (all ``[N, W, h]``)."""
 
-    def __init__(self, layer, height, width, dtype):
-        super().__init__(layer, height, width, dtype)
+    def __init__(self, layer, width, dtype):
+        super().__init__(layer, width, dtype)
         self.input_to_state = self.conv(layer.input_to_state[0])
 
     def initial(self, batch):
@@ -407,16 +407,16 @@ class PixelRNNStepper:
         self.model = model
         self.dtype = tf.as_dtype(dtype or model.compute_dtype)
         self.groups = model.groups
-        height, width, _ = model.image_shape
+        _, width, _ = model.image_shape
         image_conv = model.input_conv
         if isinstance(image_conv, blocks.GatedInput):
             image_conv = image_conv.horizontal
-        self.input = ConvStep(image_conv, height, width, self.dtype)
-        self.layers = [layer_step(layer, height, width, self.dtype)
+        self.input = ConvStep(image_conv, width, self.dtype)
+        self.layers = [layer_step(layer, width, self.dtype)
                        for layer in model.pixel_layers]
         self.row_wise = any(step.row_wise for step in self.layers)
-        self.out_hidden = ConvStep(model.output_hidden, height, width, self.dtype)
-        self.out_params = ConvStep(model.output_logits, height, width, self.dtype)
+        self.out_hidden = ConvStep(model.output_hidden, width, self.dtype)
+        self.out_params = ConvStep(model.output_logits, width, self.dtype)
 
     def initial(self, batch) -> tuple:
         return (self.input.initial(batch), tuple(s.initial(batch) for s in self.layers),
@@ -804,24 +804,18 @@ def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable) 
     groups = model.distribution.groups
     evaluator = stepper(model)
 
-    def advance(k, images, cache):
+    def body(k, images, cache):
         pos = step_position(k, width, groups)
         inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
         if evaluator.row_wise:  # row-wise layers: update their row states at each new row
             cache = tf.cond((pos.i > 0) & tf.equal(pos.j, 0) & tf.equal(pos.c, 0),
                             lambda: evaluator.finish_row(cache, inputs, pos.i - 1, labels),
                             lambda: cache)
-        return evaluator.step(cache, inputs, pos, labels)
-
-    def record(k, images, cache):
+        cache, params = evaluator.step(cache, inputs, pos, labels)
+        images = fill(params, images, pos)
         # The layers reading the image get the pixel with the values just written.
-        return evaluator.record(cache, tf.cast(images, tf.float32) / 255.0,
-                                step_position(k, width, groups))
-
-    def body(k, images, cache):
-        cache, params = advance(k, images, cache)
-        images = fill(params, images, step_position(k, width, groups))
-        return k + 1, images, record(k, images, cache)
+        cache = evaluator.record(cache, tf.cast(images, tf.float32) / 255.0, pos)
+        return k + 1, images, cache
 
     _, images, _ = tf.while_loop(lambda k, *_: k < height * width * groups, body,
                                  [tf.constant(0), images,
