@@ -14,13 +14,15 @@ from typing import Callable, Dict, Optional, Type
 
 import tensorflow as tf
 
-from pixelcnn_tf.layers import Conv2D, MaskedConv2D, per_image, shift_down, split_colour_groups
+from pixelcnn_tf.layers import (Conv2D, MaskedConv2D, check_dilation, per_image, shift_down,
+                                split_colour_groups)
 
 
 class PixelLayer(tf.Module):
-    """Base class of pixel layers. Subclasses take ``(hidden_dim, n_colors, kernel_size)``;
-    ``n_colors`` is the number of colour groups of their masks (1 for models whose
-    output distribution predicts a whole pixel at once).
+    """Base class of pixel layers. Subclasses take ``(hidden_dim, n_colors, kernel_size,
+    dilation)``; ``n_colors`` is the number of colour groups of their masks (1 for models
+    whose output distribution predicts a whole pixel at once). Types whose spatial
+    convolutions can be dilated set ``dilatable``; the others refuse ``dilation != 1``.
 
     A layer type is sampled with the fast sampler once incremental.py has its
     ``LayerStep`` (``@steps_for``); otherwise with the naive one.
@@ -29,13 +31,19 @@ class PixelLayer(tf.Module):
     # features when ``condition_input`` and passes each layer a per-class vector of
     # ``condition_width(h)`` values (``condition``).
     condition_input = True
+    dilatable = False
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
-                 name: Optional[str] = None):
+                 dilation: int = 1, name: Optional[str] = None):
         super().__init__(name=name)
         self.hidden_dim = hidden_dim
         self.n_colors = n_colors
         self.kernel_size = kernel_size
+        self.dilation = check_dilation(dilation)
+        if self.dilation != 1 and not self.dilatable:
+            raise ValueError(f"{type(self).__name__} has no dilated form (dilation="
+                             f"{dilation}); dilations apply to the pixelcnn and "
+                             f"gated_pixelcnn types")
 
     @staticmethod
     def condition_width(hidden_dim: int) -> int:
@@ -91,15 +99,18 @@ class PixelCNNBlock(PixelLayer):
 
     ``x [B, H, W, 2h]`` → ReLU → 1x1 (2h→h) → ReLU → kxk (h→h) → ReLU → 1x1 (h→2h),
     all mask B, added back to ``x``. ``condition`` (a class bias ``[B, 2h]``) is added
-    to the block's output when given.
+    to the block's output when given. With ``dilation`` d the kxk convolution is dilated.
     """
 
+    dilatable = True
+
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
-                 name: Optional[str] = None):
-        super().__init__(hidden_dim, n_colors, kernel_size, name=name)
+                 dilation: int = 1, name: Optional[str] = None):
+        super().__init__(hidden_dim, n_colors, kernel_size, dilation, name=name)
         with self.name_scope:
             self.reduce = MaskedConv2D(hidden_dim, 1, "B", n_colors, name="reduce_1x1")
             self.conv = MaskedConv2D(hidden_dim, kernel_size, "B", n_colors,
+                                     dilation=dilation,
                                      name=f"conv_{kernel_size}x{kernel_size}")
             self.expand = MaskedConv2D(2 * hidden_dim, 1, "B", n_colors, name="expand_1x1")
 
@@ -122,11 +133,15 @@ def gate(x: tf.Tensor, n_colors: int, condition: Optional[tf.Tensor] = None) -> 
     return tf.tanh(a) * tf.sigmoid(b)
 
 
-def _vertical_conv(features_out: int, k: int, init_scale: float, name: str) -> Conv2D:
+def _vertical_conv(features_out: int, k: int, init_scale: float, name: str,
+                   dilation: int = 1) -> Conv2D:
     """An unmasked (k//2+1) x k convolution whose output at row i reads rows i-k//2..i
-    (all columns, k//2 padding at the sides): the gated PixelCNN's vertical stack."""
-    return Conv2D(features_out, (k // 2 + 1, k), (k // 2, 0, k // 2, k // 2),
-                  init_scale=init_scale, name=name)
+    (all columns, k//2 padding at the sides): the gated PixelCNN's vertical stack. With
+    ``dilation`` d: rows i-d·(k//2), .., i-d, i and columns j-d·(k//2) .. j+d·(k//2),
+    every d-th."""
+    p = dilation * (k // 2)
+    return Conv2D(features_out, (k // 2 + 1, k), (p, 0, p, p), init_scale=init_scale,
+                  dilation=dilation, name=name)
 
 
 class GatedInput(tf.Module):
@@ -172,19 +187,23 @@ class GatedPixelCNNBlock(PixelLayer):
     tanh·sigmoid per colour group; a class vector (``condition`` ``[B, 8h]``: 4h per
     stack) enters both halves of both gates through separate learned projections.
     Masks are applied inside ``__call__`` (not as constraints after optimizer steps).
+    With ``dilation`` d both stacks' convolutions are dilated (taps d pixels apart): the
+    vertical stack reads rows i-d·(k//2)..i, every d-th, the horizontal one the pixels
+    j-d·(k//2)..j of row i, every d-th; the stacks stay causal the same way.
     """
 
     condition_input = False  # conditioning enters every gate instead
+    dilatable = True
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
-                 name: Optional[str] = None):
-        super().__init__(hidden_dim, n_colors, kernel_size, name=name)
+                 dilation: int = 1, name: Optional[str] = None):
+        super().__init__(hidden_dim, n_colors, kernel_size, dilation, name=name)
         width, k = 2 * hidden_dim, kernel_size
         with self.name_scope:
-            self.vertical = _vertical_conv(2 * width, k, 1.0, "vertical")
+            self.vertical = _vertical_conv(2 * width, k, 1.0, "vertical", dilation)
             self.vertical_to_horizontal = Conv2D(2 * width, (1, 1), name="v_to_h")
             self.horizontal = MaskedConv2D(2 * width, (1, k), "B", n_colors, init_scale=1.0,
-                                           name="horizontal")
+                                           dilation=dilation, name="horizontal")
             self.horizontal_out = MaskedConv2D(width, 1, "B", n_colors, name="h_out")
 
     @staticmethod
@@ -255,8 +274,8 @@ class RowLSTMBlock(_RecurrentPixelLayer):
     """
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
-                 name: Optional[str] = None):
-        super().__init__(hidden_dim, n_colors, kernel_size, name=name)
+                 dilation: int = 1, name: Optional[str] = None):
+        super().__init__(hidden_dim, n_colors, kernel_size, dilation, name=name)
         k = kernel_size
         with self.name_scope:
             self.input_to_state = MaskedConv2D(4 * hidden_dim, (1, k), "B", n_colors,
@@ -313,8 +332,8 @@ class DiagonalBiLSTMBlock(_RecurrentPixelLayer):
     """
 
     def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
-                 name: Optional[str] = None):
-        super().__init__(hidden_dim, n_colors, kernel_size, name=name)
+                 dilation: int = 1, name: Optional[str] = None):
+        super().__init__(hidden_dim, n_colors, kernel_size, dilation, name=name)
         with self.name_scope:
             self.input_to_state = [
                 MaskedConv2D(4 * hidden_dim, 1, "B", n_colors, init_scale=1.0,

@@ -109,7 +109,8 @@ def _coder_probabilities(freqs: np.ndarray) -> np.ndarray:
 # -- the model's identity --------------------------------------------------------------------
 def fingerprint(model) -> bytes:
     """16 bytes identifying what decoding depends on: the model class and layer type,
-    image shape, classes, output distribution, compute dtype and every weight's bytes."""
+    image shape, classes, output distribution, compute dtype, dilation rates (when any
+    is not 1) and every weight's bytes."""
     h = hashlib.sha256()
     distribution = model.distribution
     architecture = {
@@ -118,6 +119,9 @@ def fingerprint(model) -> bytes:
         "output": distribution.name, "num_params": int(distribution.num_params),
         "compute_dtype": str(tf.as_dtype(model.compute_dtype).name),
     }
+    dilations = getattr(model, "dilations", ())
+    if any(d != 1 for d in dilations):  # (undilated models keep their old fingerprint)
+        architecture["dilations"] = list(dilations)
     h.update(json.dumps(architecture, sort_keys=True).encode())
     for v in model.trainable_variables:
         value = np.ascontiguousarray(v.numpy())

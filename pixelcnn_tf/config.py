@@ -106,6 +106,9 @@ class ModelConfig:
     output: str = field(default="categorical",
                         metadata=_choices(("categorical", "logistic_mixture")))
     num_mixtures: int = field(default=10, metadata={"min": 1, "max": 64})
+    # One dilation rate per pixel layer (pixelcnn, gated_pixelcnn), e.g. [1, 2, 4, 8, 1];
+    # null: 1 everywhere.
+    dilations: Optional[list] = None
     # Dropout in pixelcnn_pp's residual blocks while training (the paper: 0.5 on CIFAR-10).
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
 
@@ -243,6 +246,8 @@ def _check_cross_fields(config: Config) -> None:
     if model.type == "pixelcnn_pp" and model.output != "logistic_mixture":
         raise ConfigError("model.type=pixelcnn_pp predicts whole pixels (no colour masks): "
                           "add --set model.output=logistic_mixture")
+    if model.dilations is not None:
+        _check_dilations(model)
     if model.dropout > 0 and model.type != "pixelcnn_pp":
         raise ConfigError(f"model.dropout={model.dropout} is used by model.type=pixelcnn_pp "
                           f"only; remove it (or --set model.dropout=0)")
@@ -253,6 +258,25 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError(f"data.path={_show(config.data.path)} is only read when "
                           f"data.dataset=npz, but data.dataset={config.data.dataset}: add "
                           f"--set data.dataset=npz, or --set data.path=null")
+
+
+MAX_DILATION = 1024
+
+
+def _check_dilations(model: ModelConfig) -> None:
+    from pixelcnn_tf.blocks import PIXEL_LAYERS
+    rates = model.dilations
+    dilatable = sorted(name for name, cls in PIXEL_LAYERS.items() if cls.dilatable)
+    if model.type not in dilatable:
+        raise ConfigError(f"model.dilations applies to model.type {' and '.join(dilatable)}"
+                          f", not {model.type}; remove it (or --set model.dilations=null)")
+    if len(rates) != model.n_layers:
+        raise ConfigError(f"model.dilations={_show(rates)} must give one rate per pixel layer:"
+                          f" model.n_layers={model.n_layers}, got {len(rates)} rates")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= MAX_DILATION:
+            raise ConfigError(f"model.dilations={_show(rates)}: every rate must be an integer "
+                              f"from 1 to {MAX_DILATION}, got {_show(rate)}")
 
 
 def config_to_dict(config: Config) -> Dict[str, Dict[str, Any]]:

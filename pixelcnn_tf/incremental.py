@@ -85,16 +85,19 @@ def record_at(row_values: tf.Tensor, values: tf.Tensor, pos: Position,
 class ConvStep:
     """A MaskedConv2D at one position and colour group.
 
-    Cache: the layer's input over the rows a masked kxk convolution reads at row i,
-    i-kh//2..i, in a ring of ``R = kh//2 + 1`` rows (image row r in slot r mod R), each
-    zero-padded to ``W + 2·(kw//2)`` columns: ``[N, R, W + 2·(kw//2), C_in]``; for a 1x1
-    convolution only the current pixel ``[N, 1, 1, C_in]`` (its earlier colour groups). A
-    step writes the input at (i, j) (all of it, or colour group c), reads the ring's rows
-    as they lie and multiplies by the kernel, rotated to the ring's order, columns of
-    output group c: ``[N, C_out / groups]``. Kernels are masked, cut to their top
-    kh//2 + 1 rows, rotated and split by output group once, outside the loop. (A small
-    cache matters where the loop cannot update it in place, as in the codec's graph-mode
-    loop, which copies it every step.)
+    Cache: the layer's input over the rows a masked kxk convolution with dilation d reads
+    at row i, i-d·(kh//2)..i, in a ring of R rows (image row r in slot r mod R; R = kh//2
+    + 1 without dilation, d·(kh//2 + 1) with it, 1 for a one-row kernel), each
+    zero-padded to ``W + 2·d·(kw//2)`` columns: ``[N, R, W + 2·d·(kw//2), C_in]``; for a
+    1x1 convolution only the current pixel ``[N, 1, 1, C_in]`` (its earlier colour
+    groups). A step writes the input at (i, j) (all of it, or colour group c), reads the
+    kh//2 + 1 rows the kernel needs as they lie in the ring (slots i mod d, i mod d + d,
+    ..: the rows i - d·a all share i mod d) and every d-th column around j, and multiplies
+    by the kernel, rotated to the ring's order, columns of output group c:
+    ``[N, C_out / groups]``. Kernels are masked, cut to their top kh//2 + 1 rows, rotated
+    and split by output group once, outside the loop. (A small cache matters where the
+    loop cannot update it in place, as in the codec's graph-mode loop, which copies it
+    every step.)
     """
 
     def __init__(self, conv: MaskedConv2D, width: int, dtype: tf.DType):
@@ -102,41 +105,44 @@ class ConvStep:
         self.width, self.dtype = width, tf.as_dtype(dtype)
         kh, kw = conv.kernel_size
         self.one_by_one = (kh, kw) == (1, 1)
-        self.rows = kh // 2 + 1  # R: the rows of the ring
+        d = self.dilation = conv.dilation
+        self.kernel_rows = kh // 2 + 1  # the rows the masked kernel reads (and rotations)
+        self.rows = 1 if kh == 1 else d * self.kernel_rows  # R: the rows of the ring
+        self.pad = d * (kw // 2)  # zero columns on each side of a ring row
         n, c_out = conv.n_colors, conv.features_out
         self.groups = n
         self.c_in = int(conv.kernel.shape[2])
-        kernel = conv.masked_kernel(dtype)[:kh // 2 + 1]  # [R, kw, C_in, C_out]
-        # Slot s of the ring holds kernel row (s - i + kh//2) mod R at row i: one copy of
-        # the kernel per rotation r = (i - kh//2) mod R, rows in slot order, so that a step
-        # multiplies the ring as it lies. [R (rotation), n (group), K, C_out/n].
-        rotations = [tf.roll(kernel, shift=r, axis=0) for r in range(self.rows)]
-        kernels = tf.reshape(tf.stack(rotations), [self.rows, -1, n, c_out // n])
-        kernels = tf.transpose(kernels, [0, 2, 1, 3])  # [R, K, n, ·] → [R, n, K, ·]
-        self.weights = tf.reshape(kernels, [self.rows * n, -1, c_out // n])  # [R·n, K, ·]
+        kernel = conv.masked_kernel(dtype)[:self.kernel_rows]  # [kh//2+1, kw, C_in, C_out]
+        # The rows read at row i lie in ring order; kernel row (t - i//d + kh//2) mod
+        # (kh//2+1) meets the t-th of them: one copy of the kernel per rotation
+        # r = (i//d - kh//2) mod (kh//2+1), rows in ring order, so that a step multiplies
+        # the rows as they lie. [rotation, n (group), K, C_out/n].
+        q = self.kernel_rows
+        rotations = [tf.roll(kernel, shift=r, axis=0) for r in range(q)]
+        kernels = tf.reshape(tf.stack(rotations), [q, -1, n, c_out // n])
+        kernels = tf.transpose(kernels, [0, 2, 1, 3])  # [q, K, n, ·] → [q, n, K, ·]
+        self.weights = tf.reshape(kernels, [q * n, -1, c_out // n])  # [q·n, K, ·]
         bias = conv.bias if conv.bias is not None else tf.zeros([c_out])
         self.biases = tf.reshape(tf.cast(bias, dtype), [n, c_out // n])
 
     def initial(self, batch) -> tf.Tensor:
-        _, kw = self.conv.kernel_size
         shape = ([batch, 1, 1, self.c_in] if self.one_by_one else
-                 [batch, self.rows, self.width + 2 * (kw // 2), self.c_in])
+                 [batch, self.rows, self.width + 2 * self.pad, self.c_in])
         return tf.zeros(tf.stack(shape), self.dtype)
 
     def write(self, cache: tf.Tensor, x: tf.Tensor, pos: Position) -> tf.Tensor:
         """``cache`` with the input at ``pos`` set: ``x`` is all of it ``[N, C_in]`` or its
         colour group ``pos.c`` ``[N, C_in / groups]`` (the groups after it are zeroed). In
-        the ring, the next kw//2 columns of the row are zeroed too: they still hold row
-        i - R, and the step at ``pos`` reads them (with zero weights)."""
-        _, kw = self.conv.kernel_size
+        the ring, the next d·(kw//2) columns of the row are zeroed too: they still hold
+        row i - R, and the step at ``pos`` reads some of them (with zero weights)."""
         n = tf.shape(x)[0]
-        row, col = (0, 0) if self.one_by_one else (pos.i % self.rows, pos.j + kw // 2)
+        row, col = (0, 0) if self.one_by_one else (pos.i % self.rows, pos.j + self.pad)
         if x.shape[-1] != self.c_in:  # one colour group: keep this pixel's earlier groups
             here = tf.stack([tf.range(n), tf.fill([n], row), tf.fill([n], col)], axis=1)
             earlier = tf.gather_nd(cache, here)  # [N, C_in]; at c = 0 an older pixel's
             earlier = tf.where(pos.c > 0, earlier, tf.zeros_like(earlier))
             x = with_colour_group(earlier, x, pos.c, self.groups)
-        span = 1 if self.one_by_one else kw // 2 + 1  # the pixel, then the zeroed columns
+        span = 1 if self.one_by_one else self.pad + 1  # the pixel, then the zeroed columns
         block = tf.concat([x[:, None], tf.zeros(tf.stack([n, span - 1, self.c_in]), x.dtype)],
                           axis=1)  # [N, span, C_in]
         where = tf.stack([tf.tile(tf.range(n)[:, None], [1, span]),
@@ -154,12 +160,16 @@ class ConvStep:
             weights = tf.gather(self.weights, pos.c)  # [K, C_out/groups]
         else:
             kh, kw = self.conv.kernel_size
-            # The ring's rows as they lie (slot order), columns j-kw//2..j+kw//2:
-            # [N, R, kw, C_in]; the kernel rotated to match.
-            patch = tf.slice(cache, tf.stack([0, 0, pos.j, 0]),
-                             tf.stack([n, self.rows, kw, self.c_in]))
-            inputs = tf.reshape(patch, [n, -1])  # [N, R, kw, C_in] → [N, K]
-            rotation = (pos.i - kh // 2) % self.rows
+            d, q = self.dilation, self.kernel_rows
+            # The rows the kernel reads, in ring order, columns j-d·(kw//2)..j+d·(kw//2):
+            # [N, d·(q-1)+1, d·(kw-1)+1, C_in], then every d-th row and column.
+            first, i = (0, pos.i) if d == 1 else (0 if kh == 1 else pos.i % d, pos.i // d)
+            patch = tf.slice(cache, tf.stack([0, first, pos.j, 0]),
+                             tf.stack([n, d * (q - 1) + 1, d * (kw - 1) + 1, self.c_in]))
+            if d > 1:
+                patch = patch[:, ::d, ::d]  # [N, q, kw, C_in]
+            inputs = tf.reshape(patch, [n, -1])  # [N, q, kw, C_in] → [N, K]
+            rotation = (i - kh // 2) % q
             weights = tf.gather(self.weights, rotation * self.groups + pos.c)  # [K, C_out/g]
         return cache, tf.matmul(inputs, weights) + tf.gather(self.biases, pos.c)
 
@@ -233,9 +243,9 @@ class PixelCNNStep(LayerStep):
 
 @steps_for(blocks.GatedPixelCNNBlock)
 class GatedStep(LayerStep):
-    """Row state: the vertical stack's input over the last k//2 + 1 rows
-    ``[N, k//2+1, W, 2h]`` and what the horizontal stack adds from the row above
-    ``[N, W, 4h]``; a step computes the horizontal stack at the position."""
+    """Row state: the vertical stack's input over the last d·(k//2) + 1 rows
+    ``[N, d·(k//2)+1, W, 2h]`` (d the dilation) and what the horizontal stack adds from
+    the row above ``[N, W, 4h]``; a step computes the horizontal stack at the position."""
 
     row_wise = True
 
@@ -246,8 +256,8 @@ class GatedStep(LayerStep):
 
     def initial(self, batch):
         layer, width_2h = self.layer, 2 * self.layer.hidden_dim
-        window = tf.zeros(tf.stack([batch, layer.kernel_size // 2 + 1, self.width, width_2h]),
-                          self.dtype)
+        rows = layer.dilation * (layer.kernel_size // 2) + 1
+        window = tf.zeros(tf.stack([batch, rows, self.width, width_2h]), self.dtype)
         zero_row = tf.zeros(tf.stack([batch, 1, self.width, 2 * width_2h]), self.dtype)
         from_above = layer.vertical_to_horizontal(zero_row)[:, 0]  # row 0: 1x1 of zeros
         return (self.horizontal.initial(batch), self.horizontal_out.initial(batch), window,
@@ -265,12 +275,12 @@ class GatedStep(LayerStep):
         return (h_cache, out_cache, window, from_above), (None, h + y)
 
     def finish_row(self, cache, x_row, condition):
-        """Row r of the vertical stack, from rows r-k//2..r of its input."""
+        """Row r of the vertical stack, from rows r-d·(k//2)..r of its input."""
         h_cache, out_cache, window, _ = cache
         layer = self.layer
         v_row, _ = x_row  # [N, 1, W, 2h]
-        window = tf.concat([window[:, 1:], v_row], axis=1)  # rows r-k//2..r
-        p = layer.kernel_size // 2
+        window = tf.concat([window[:, 1:], v_row], axis=1)  # rows r-d·(k//2)..r
+        p = layer.dilation * (layer.kernel_size // 2)
         v_pre = layer.vertical(window, padding=(0, 0, p, p))  # [N, 1, W, 4h]
         v_cond, _ = layer.split_conditions(condition, self.groups)
         v_new = blocks.gate(v_pre, self.groups, v_cond)  # [N, 1, W, 2h]

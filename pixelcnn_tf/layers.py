@@ -16,9 +16,21 @@ def per_image(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return tf.reshape(values, [-1] + [1] * extra + [values.shape[-1]])
 
 
+def check_dilation(dilation) -> int:
+    """A dilation rate as an int >= 1, or a ValueError."""
+    if isinstance(dilation, bool) or int(dilation) != dilation or dilation < 1:
+        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+    return int(dilation)
+
+
 class MaskedConv2D(tf.Module):
     """A stride-1 2-D convolution (SAME output size) whose kernel is multiplied by a
-    causal mask.
+    causal mask, optionally dilated.
+
+    With ``dilation`` d the kernel taps are d pixels apart: tap (a, b) of a kh x kw kernel
+    reads the input at (i + d·(a - kh//2), j + d·(b - kw//2)). The mask is the same, in
+    kernel coordinates, so a mask-B kernel still reads only rows above (every d-th one)
+    and pixels left of (i, j) on row i.
 
     The mask (see :func:`pixelcnn_tf.masks.get_mask`) is applied to the kernel inside
     ``__call__``; the variable itself stays unmasked, so no optimizer step or
@@ -33,10 +45,11 @@ class MaskedConv2D(tf.Module):
 
     def __init__(self, features_out: int, kernel_size: KernelSize, mode: str = "B",
                  n_colors: int = 3, use_bias: bool = True, init_scale: float = 2.0,
-                 name: Optional[str] = None):
+                 dilation: int = 1, name: Optional[str] = None):
         super().__init__(name=name)
         self.features_out = int(features_out)
         self.kernel_size = _kernel_hw(kernel_size)
+        self.dilation = check_dilation(dilation)
         self.mode = mode
         self.n_colors = n_colors
         self.use_bias = use_bias
@@ -84,15 +97,16 @@ class MaskedConv2D(tf.Module):
         # every column right of the centre), so the convolution runs with only the taps
         # that can be non-zero and pads the input on top and at the sides: the output of
         # a SAME conv with the full masked kernel, with fewer FLOPs (3x3 → 2x3, 7x7 →
-        # 4x7, 1x5 → 1x3).
+        # 4x7, 1x5 → 1x3). Dilated: the padding is d times as wide.
         kh, kw = self.kernel_size
+        d = self.dilation
         rows = kh // 2 + 1
         right = kw // 2 if kh > 1 else 0  # a one-row kernel sees nothing to the right
         kernel = self.masked_kernel(x.dtype)[:rows, :kw // 2 + 1 + right]
         if (kh, kw) != (1, 1):
-            # [B, H, W, C] → [B, H + kh//2, W + kw//2 + right, C]
-            x = tf.pad(x, [[0, 0], [kh // 2, 0], [kw // 2, right], [0, 0]])
-        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+            # [B, H, W, C] → [B, H + d·kh//2, W + d·(kw//2 + right), C]
+            x = tf.pad(x, [[0, 0], [d * (kh // 2), 0], [d * (kw // 2), d * right], [0, 0]])
+        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID", dilations=d)
         if self.bias is not None:
             y = tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
         return y
@@ -104,16 +118,19 @@ class Conv2D(tf.Module):
     ``padding = (top, bottom, left, right)``: e.g. a (2, 3) kernel with padding
     (1, 0, 1, 1) makes the output at row i read input rows i-1..i only (a "vertical
     stack" convolution); (0, 0, 0, 0) with a (1, 1) kernel is a dense layer per position.
+    ``dilation`` d spaces the taps d pixels apart (the padding is given in pixels: a
+    dilated (2, 3) vertical-stack kernel needs (d, 0, d, d)).
     Kernel: truncated normal, stddev sqrt(init_scale / fan_in); bias: zeros.
     """
 
     def __init__(self, features_out: int, kernel_size: Sequence[int],
                  padding: Sequence[int] = (0, 0, 0, 0), init_scale: float = 1.0,
-                 name: Optional[str] = None):
+                 dilation: int = 1, name: Optional[str] = None):
         super().__init__(name=name)
         self.features_out = int(features_out)
         self.kernel_size = tuple(int(k) for k in kernel_size)
         self.padding = tuple(int(p) for p in padding)
+        self.dilation = check_dilation(dilation)
         self.init_scale = float(init_scale)
         self.kernel: Optional[tf.Variable] = None
         self.bias: Optional[tf.Variable] = None
@@ -134,7 +151,8 @@ class Conv2D(tf.Module):
         top, bottom, left, right = padding
         if any(padding):
             x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-        y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=1, padding="VALID")
+        y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=1, padding="VALID",
+                         dilations=self.dilation)
         return tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
 
 

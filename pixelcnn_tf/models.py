@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from pixelcnn_tf.blocks import PIXEL_LAYERS, get_pixel_layer
-from pixelcnn_tf.layers import MaskedConv2D, per_image
+from pixelcnn_tf.layers import MaskedConv2D, check_dilation, per_image
 from pixelcnn_tf.likelihood import make_distribution
 
 
@@ -16,7 +16,8 @@ class PixelRNN(tf.Module):
     images ``[B, H, W, C]`` in [0, 1]
       → kxk mask-A conv (C → 2h)                          (``input_kernel_size``;
                                                             gated: ``GatedInput``)
-      → n_layers pixel layers of one registered type (2h → 2h)
+      → n_layers pixel layers of one registered type (2h → 2h), layer l with dilation
+        ``dilations[l]`` (pixelcnn, gated_pixelcnn; default 1)
       → ReLU → 1x1 mask-B conv (2h → out_dim) → ReLU → 1x1 mask-B conv (→ P per pixel)
       → the parameters of ``output`` (see likelihood.py): categorical logits
         ``[B, H, W, C, 256]`` or logistic-mixture parameters ``[B, H, W, P]``.
@@ -35,6 +36,7 @@ class PixelRNN(tf.Module):
                  hidden_dim: int = 64, out_dim: int = 256, n_layers: int = 5,
                  kernel_size: int = 3, input_kernel_size: int = 7, num_classes: int = 0,
                  output: str = "categorical", num_mixtures: int = 10,
+                 dilations: Optional[Sequence[int]] = None,
                  compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
         super().__init__(name=name)
         # Layers compute in compute_dtype (e.g. bfloat16); variables stay float32 and the
@@ -49,14 +51,16 @@ class PixelRNN(tf.Module):
         self.num_classes = int(num_classes)
         layer_cls = get_pixel_layer(layer_type)
         self._layer_cls = layer_cls
+        self.dilations = check_dilations(dilations, n_layers)
         groups = self.groups
         with self.name_scope:
             # A kxk mask-A convolution, or the layer type's own input layer (the gated
             # PixelCNN's two stacks).
             self.input_conv = layer_cls.make_input(hidden_dim, groups, input_kernel_size)
             self.pixel_layers = [
-                layer_cls(hidden_dim, groups, kernel_size, name=f"{layer_type}_{i}")
-                for i in range(n_layers)]
+                layer_cls(hidden_dim, groups, kernel_size, dilation=d,
+                          name=f"{layer_type}_{i}")
+                for i, d in enumerate(self.dilations)]
             self.output_hidden = MaskedConv2D(out_dim, 1, "B", groups, name="output_hidden")
             self.output_logits = MaskedConv2D(self.distribution.num_params, 1, "B", groups,
                                               name="output_logits")
@@ -114,6 +118,17 @@ class PixelRNN(tf.Module):
         return tf.cast(images, tf.float32) * 2.0 - 1.0
 
 
+def check_dilations(dilations: Optional[Sequence[int]], n_layers: int) -> tuple:
+    """One dilation rate per pixel layer (None: all 1), as a tuple of ints >= 1."""
+    if dilations is None:
+        return (1,) * n_layers
+    dilations = tuple(dilations)
+    if len(dilations) != n_layers:
+        raise ValueError(f"dilations must give one rate per pixel layer: {n_layers} layers, "
+                         f"{len(dilations)} rates {list(dilations)}")
+    return tuple(check_dilation(d) for d in dilations)
+
+
 def check_image_shape(image_shape: Sequence[int]) -> tuple:
     """``(H, W, C)`` with C in (1, 3), as ints, or a ValueError."""
     if len(image_shape) != 3:
@@ -167,6 +182,7 @@ def build_model(model_config, image_shape: Sequence[int],
                          input_kernel_size=model_config.input_kernel_size,
                          num_classes=model_config.num_classes,
                          output=model_config.output, num_mixtures=model_config.num_mixtures,
+                         dilations=model_config.dilations,
                          compute_dtype=compute_dtype, name="pixel_rnn")
     images = tf.zeros([1, *model.image_shape])
     labels = tf.zeros([1], tf.int32) if model.num_classes > 0 else None

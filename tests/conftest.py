@@ -37,8 +37,14 @@ VARIANTS = [(t, o) for t in CACHEABLE for o in ("categorical", "logistic_mixture
 VARIANTS.append(("pixelcnn_pp", "logistic_mixture"))
 
 
+# The dilatable types, with the rates their small test models use (2 layers).
+DILATED = [(t, o) for t in ("gated_pixelcnn", "pixelcnn") for o in ("categorical",
+                                                                    "logistic_mixture")]
+TEST_DILATIONS = "[2, 3]"
+
+
 def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0,
-                 output="categorical"):
+                 output="categorical", dilations=None):
     """A small untrained model with random non-zero biases and class biases (pixelcnn_pp:
     8x8 images, its three resolutions need multiples of 4)."""
     import tensorflow as tf
@@ -49,8 +55,9 @@ def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), s
                           hidden_dim=4, n_layers=1, num_classes=num_classes)
         shape = (8, 8)
     else:
+        extra = {} if dilations is None else {"dilations": dilations}
         cfg = tiny_config(channels, type=layer_type, num_classes=num_classes, kernel_size=3,
-                          input_kernel_size=5, output=output, num_mixtures=2)
+                          input_kernel_size=5, output=output, num_mixtures=2, **extra)
     model = build_model(cfg.model, (*shape, channels))
     for v in model.trainable_variables:  # non-zero biases and class biases everywhere
         if "bias" in v.name or "class" in v.name:

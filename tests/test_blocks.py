@@ -7,7 +7,7 @@ from conftest import tiny_config
 from pixelcnn_tf.blocks import (DiagonalBiLSTMBlock, GatedPixelCNNBlock, PixelCNNBlock,
                                 RowLSTMBlock, skew, unskew)
 from pixelcnn_tf.masks import get_mask
-from pixelcnn_tf.models import build_model
+from pixelcnn_tf.models import PixelRNN, build_model
 from test_layers import numpy_masked_conv
 
 
@@ -142,6 +142,35 @@ def test_gated_block_matches_numpy(x, rng):
                            v_new.numpy())
 
 
+def test_dilated_gated_block_matches_numpy(x, rng):
+    """Dilation 2: the vertical stack reads rows i-2 and i and columns j-2, j, j+2; the
+    horizontal one the pixels j-2 and j of row i."""
+    block = GatedPixelCNNBlock(3, 3, dilation=2)
+    block((x, x))
+    randomise(block)
+    v = rng.normal(size=x.shape).astype(np.float32)
+    kv = block.vertical.kernel.numpy()  # [2, 3, 6, 12]
+    v_pad = np.pad(v, ((0, 0), (2, 0), (2, 2), (0, 0)))
+    v_pre = sum(np.einsum("bhwc,co->bhwo", v_pad[:, 2 * a:2 * a + 4, 2 * c:2 * c + 5],
+                          kv[a, c]) for a in range(2) for c in range(3))
+    v_pre += block.vertical.bias.numpy()
+    v_down = np.pad(v_pre, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+    to_h = v_down @ block.vertical_to_horizontal.kernel.numpy()[0, 0] \
+        + block.vertical_to_horizontal.bias.numpy()
+    mask = get_mask((1, 3), 6, 12, "B", 3)
+    h_pre = numpy_masked_conv(x, block.horizontal.kernel.numpy(),
+                              block.horizontal.bias.numpy(), mask, dilation=2) + to_h
+
+    def gate(z):
+        a, b = groups(z, 3, 2)
+        return np.tanh(a) * sigmoid(b)
+
+    v_new, h_new = block((v, x))
+    np.testing.assert_allclose(v_new.numpy(), gate(v_pre), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h_new.numpy(), x + masked(block.horizontal_out, gate(h_pre)),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_gated_input_layer():
     """Vertical: unmasked (K//2+1) x K over rows i-K//2..i; horizontal: 1 x K mask A."""
     from pixelcnn_tf.blocks import GatedInput
@@ -219,6 +248,83 @@ def test_gated_field_is_exactly_the_causal_cone(n_layers, kernel_size, input_ker
         dep = dependence("gated_pixelcnn", i, j, shape, n_layers=n_layers,
                          kernel_size=kernel_size, input_kernel_size=input_kernel_size)
         np.testing.assert_array_equal(dep, gated_cone(i, j, shape, reach))
+
+
+def spread(fields, taps):
+    """Receptive fields through a convolution: ``fields`` bool ``[H, W, H, W]`` (the input
+    pixels each position depends on) → the union, over the taps (a, b), of the fields at
+    (i + a, j + b) (positions off the image contribute nothing)."""
+    height, width = fields.shape[:2]
+    out = np.zeros_like(fields)
+    for a, b in taps:
+        rows = slice(max(-a, 0), min(height - a, height))
+        cols = slice(max(-b, 0), min(width - b, width))
+        out[rows, cols] |= fields[rows.start + a:rows.stop + a, cols.start + b:cols.stop + b]
+    return out
+
+
+def masked_taps(k, d, centre, rows_only=False):
+    """Taps of a masked k x k (or 1 x k: ``rows_only``) kernel with dilation d: rows above,
+    left of the centre, and the centre itself when ``centre`` (mask B, one colour)."""
+    r = k // 2
+    above = [] if rows_only else [(d * a, d * b) for a in range(-r, 0) for b in range(-r, r + 1)]
+    return above + [(0, d * b) for b in range(-r, 1 if centre else 0)]
+
+
+def predicted_field(layer_type, shape, kernel_size, input_kernel_size, dilations):
+    """The exact receptive field of every output position, by propagating fields through
+    the layers' taps: bool ``[H, W, H, W]``."""
+    height, width = shape
+    pixel = np.zeros((height, width, height, width), bool)  # each position: itself
+    pixel[np.arange(height)[:, None], np.arange(width), np.arange(height)[:, None],
+          np.arange(width)] = True
+    big, k = input_kernel_size, kernel_size
+    if layer_type == "pixelcnn":
+        field = spread(pixel, masked_taps(big, 1, centre=False))
+        for d in dilations:  # 1x1, dilated kxk mask B, 1x1, plus the residual
+            field = field | spread(field, masked_taps(k, d, centre=True))
+        return field
+    vertical = spread(pixel, [(a, b) for a in range(-(big // 2), 1)
+                              for b in range(-(big // 2), big // 2 + 1)])
+    horizontal = spread(pixel, masked_taps(big, 1, centre=False, rows_only=True))
+    for d in dilations:
+        vertical = spread(vertical, [(d * a, d * b) for a in range(-(k // 2), 1)
+                                     for b in range(-(k // 2), k // 2 + 1)])
+        horizontal = (horizontal | spread(horizontal, masked_taps(k, d, True, rows_only=True))
+                      | spread(vertical, [(-1, 0)]))  # the vertical stack one row up
+    return horizontal
+
+
+@pytest.mark.parametrize("layer_type", ["pixelcnn", "gated_pixelcnn"])
+@pytest.mark.parametrize("dilations,kernel_size,input_kernel_size",
+                         [([1, 1, 1], 3, 3), ([1, 2, 4], 3, 3), ([2, 3, 1], 3, 5),
+                          ([4, 1, 2], 5, 3)])
+def test_dilated_field_is_exactly_the_predicted_one(layer_type, dilations, kernel_size,
+                                                     input_kernel_size):
+    """The field of dilated models equals the union of their taps, layer by layer, and
+    lies in the causal past (checked at interior, edge and last positions)."""
+    shape = (14, 17)
+    field = predicted_field(layer_type, shape, kernel_size, input_kernel_size, dilations)
+    for i, j in [(11, 8), (13, 16), (6, 0), (13, 2)]:
+        dep = dependence(layer_type, i, j, shape, kernel_size=kernel_size,
+                         input_kernel_size=input_kernel_size, dilations=dilations)
+        np.testing.assert_array_equal(dep, field[i, j], err_msg=f"({i}, {j})")
+        past = np.zeros(shape, bool)
+        past[:i] = True
+        past[i, :j] = True
+        assert not (dep & ~past).any()
+    if dilations != [1, 1, 1]:  # the dilated field reaches further than the plain one
+        plain = predicted_field(layer_type, shape, kernel_size, input_kernel_size, [1, 1, 1])
+        assert field[13, 16].sum() > plain[13, 16].sum()
+
+
+def test_only_pixelcnn_and_gated_layers_dilate():
+    with pytest.raises(ValueError, match="has no dilated form"):
+        RowLSTMBlock(3, 1, dilation=2)
+    with pytest.raises(ValueError, match="one rate per pixel layer"):
+        PixelRNN((4, 4, 1), n_layers=2, dilations=[1, 2, 3])
+    with pytest.raises(ValueError, match="has no dilated form"):
+        PixelRNN((4, 4, 1), "diagonal_bilstm", n_layers=2, dilations=[1, 2])
 
 
 def test_diagonal_bilstm_sees_whole_rows_above():

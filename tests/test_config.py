@@ -188,3 +188,31 @@ def test_mixture_models_need_no_widths_divisible_by_three():
     check_model_fits_images(pp, (28, 28, 1))
     with pytest.raises(ConfigError, match="multiples of 4, got 30x32"):
         check_model_fits_images(pp, (30, 32, 3))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.dilations=[1, 2]"], "model.dilations=[1, 2] must give one rate per pixel layer: "
+                                 "model.n_layers=5, got 2 rates"),
+    (["model.dilations=[1, 2, 0, 1, 1]"], "every rate must be an integer from 1 to 1024, got 0"),
+    (["model.dilations=[1, 2, 1.5, 1, 1]"], "every rate must be an integer from 1 to 1024, got 1.5"),
+    (["model.dilations=[1, 2, true, 1, 1]"], "got True"),
+    (["model.dilations=2"], "model.dilations=2 has the wrong type: expected list"),
+    (["model.dilations=[1, 2, 1, 1, 1]", "model.type=row_lstm"],
+     "model.dilations applies to model.type gated_pixelcnn and pixelcnn, not row_lstm"),
+])
+def test_dilation_errors(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_dilations_load_save_and_build(tmp_path):
+    from pixelcnn_tf.models import build_model
+    cfg = load_config(None, ["model.dilations=[1, 2, 4, 8, 1]", "model.type=gated_pixelcnn"])
+    assert cfg.model.dilations == [1, 2, 4, 8, 1]
+    save_config(cfg, str(tmp_path / "c.yml"))
+    again = load_config(str(tmp_path / "c.yml"))
+    assert again.model.dilations == [1, 2, 4, 8, 1]
+    model = build_model(again.model, (8, 8, 1))
+    assert [layer.dilation for layer in model.pixel_layers] == [1, 2, 4, 8, 1]
+    assert load_config(None).model.dilations is None

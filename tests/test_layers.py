@@ -6,17 +6,20 @@ from pixelcnn_tf.layers import MaskedConv2D
 from pixelcnn_tf.masks import get_mask
 
 
-def numpy_masked_conv(x, kernel, bias, mask):
-    """Reference: stride 1, zero (SAME) padding, cross-correlation like tf.nn.conv2d."""
+def numpy_masked_conv(x, kernel, bias, mask, dilation=1):
+    """Reference: stride 1, zero (SAME) padding, cross-correlation like tf.nn.conv2d; tap
+    (di, dj) reads the input at (i + d·(di - kh//2), j + d·(dj - kw//2))."""
     w = kernel * mask
     kh, kw, _, cout = w.shape
     b, h, wd, _ = x.shape
-    ph, pw = kh // 2, kw // 2
+    d = dilation
+    ph, pw = d * (kh // 2), d * (kw // 2)
     xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     out = np.zeros((b, h, wd, cout), np.float64)
     for di in range(kh):
         for dj in range(kw):
-            out += np.einsum("bhwc,co->bhwo", xp[:, di:di + h, dj:dj + wd, :], w[di, dj])
+            out += np.einsum("bhwc,co->bhwo", xp[:, d * di:d * di + h, d * dj:d * dj + wd, :],
+                             w[di, dj])
     return out + bias
 
 
@@ -33,6 +36,23 @@ def test_matches_numpy_reference(mode, kernel, colours, cin, cout, rng):
     expected = numpy_masked_conv(x, layer.kernel.numpy(), layer.bias.numpy(),
                                  get_mask(kernel, cin, cout, mode, colours))
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["A", "B"])
+@pytest.mark.parametrize("kernel", [3, 5, (1, 3), (3, 5), (5, 1)])
+@pytest.mark.parametrize("dilation", [2, 3, 7])
+@pytest.mark.parametrize("colours,cin,cout", [(1, 2, 4), (3, 6, 9)])
+def test_dilated_matches_numpy_reference(mode, kernel, dilation, colours, cin, cout, rng):
+    """Dilated taps, the reduced-row trick included, against the full masked kernel
+    (dilation 7 reaches past the 6x5 image: those taps read zero padding)."""
+    tf.random.set_seed(2)
+    layer = MaskedConv2D(cout, kernel, mode, n_colors=colours, dilation=dilation)
+    x = rng.normal(size=(2, 6, 5, cin)).astype(np.float32)
+    layer(x)
+    layer.bias.assign(rng.normal(size=cout).astype(np.float32))
+    expected = numpy_masked_conv(x, layer.kernel.numpy(), layer.bias.numpy(),
+                                 get_mask(kernel, cin, cout, mode, colours), dilation)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_eager_equals_tf_function(rng):
@@ -76,3 +96,6 @@ def test_errors():
         layer(tf.zeros([4, 4, 3]))
     with pytest.raises(ValueError, match="no mask yet"):
         layer.mask
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="dilation must be an integer >= 1"):
+            MaskedConv2D(3, 3, n_colors=3, dilation=bad)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CACHEABLE, VARIANTS, random_model, tiny_config
+from conftest import CACHEABLE, DILATED, TEST_DILATIONS, VARIANTS, random_model, tiny_config
 from pixelcnn_tf import blocks, generate_images, incremental
 from pixelcnn_tf.models import build_model
 from pixelcnn_tf.trainer import Trainer
@@ -144,10 +144,28 @@ def test_step_params_equal_full_pass(layer_type, output, channels, num_classes, 
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
 
 
-@pytest.mark.parametrize("layer_type,output", VARIANTS)
+@pytest.mark.parametrize("layer_type,output", DILATED)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_fast_equals_naive(layer_type, output, channels):
-    model = random_model(channels, layer_type, output=output)
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_dilated_step_params_equal_full_pass(layer_type, output, channels, num_classes, rng):
+    """Dilation 2 and 3 on 5x4 images: the caches hold d·(k//2) rows (and the taps reach
+    past the image's edges)."""
+    model = random_model(channels, layer_type, num_classes, output=output,
+                         dilations=TEST_DILATIONS)
+    assert model.dilations == (2, 3)
+    x = tf.constant(rng.uniform(size=(2, *model.image_shape)).astype(np.float32))
+    labels = tf.constant([0, 2]) if num_classes else None
+    for k, (got, want) in enumerate(zip(*run_steps(model, x, labels))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
+
+
+WITH_DILATED = [(*v, None) for v in VARIANTS] + [(*v, TEST_DILATIONS) for v in DILATED]
+
+
+@pytest.mark.parametrize("layer_type,output,dilations", WITH_DILATED)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fast_equals_naive(layer_type, output, dilations, channels):
+    model = random_model(channels, layer_type, output=output, dilations=dilations)
     kwargs = dict(img_dims=model.image_shape[:2], n_images=3, n_channels=channels)
     drawn = []
     for extra in (dict(seed=11), dict(seed=12, temperature=0.7), dict(greedy=True)):
@@ -158,10 +176,11 @@ def test_fast_equals_naive(layer_type, output, channels):
     assert len(np.unique(drawn[0])) > 1  # a sampled (not greedy) image varies
 
 
-@pytest.mark.parametrize("layer_type,output", VARIANTS)
+@pytest.mark.parametrize("layer_type,output,dilations", WITH_DILATED)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_fast_completion_equals_naive(layer_type, output, channels, rng):
-    model = random_model(channels, layer_type, num_classes=2, output=output)
+def test_fast_completion_equals_naive(layer_type, output, dilations, channels, rng):
+    model = random_model(channels, layer_type, num_classes=2, output=output,
+                         dilations=dilations)
     height, width, _ = model.image_shape
     init = rng.integers(0, 256, size=(4, *model.image_shape)).astype(np.uint8)
     starts = [(0, 0, 0), (2, 0, 0), (3, 2, channels - 1), (height - 1, width - 1, channels - 1)]
