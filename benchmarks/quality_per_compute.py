@@ -19,13 +19,11 @@ machine; name the CPU next to the figures.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,52 +58,12 @@ def load(dataset: str):
 
 
 def run_ours(dataset: str, budget: float, n_samples: int, extra=()) -> dict:
-    sys.path.insert(0, ROOT)
-    from pixelcnn_tf import cli
-    cli.import_tensorflow_quietly()
-    import numpy as np
-    import tensorflow as tf
-    from pixelcnn_tf import data as data_lib
-    from pixelcnn_tf import generate_images
-    from pixelcnn_tf.config import load_config
-    from pixelcnn_tf.models import count_parameters
-    from pixelcnn_tf.trainer import Trainer
+    from equal_time import train_for_budget  # benchmarks/: the shared train-and-score loop
     overrides = OURS[dataset] + list(extra)
-    cfg = load_config(os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
-                      overrides + [f"data.validation_size={HELD_OUT}"])
-    train = data_lib.load_split(cfg.data, "train")
-    held_out = data_lib.load_split(cfg.data, "validation")
-    with tempfile.TemporaryDirectory() as workdir:
-        trainer = Trainer(cfg, workdir, train.image_shape)
-        batches = iter(data_lib.train_pipeline(train, cfg.data.batch_size,
-                                               cfg.data.shuffle_buffer, cfg.train.seed))
-        trainer.train_step(*next(batches))  # trace outside the budget (as for TFP)
-        steps, start = 1, time.perf_counter()
-        while time.perf_counter() - start < budget:
-            trainer.train_step(*next(batches))
-            steps += 1
-        # Stop the input pipeline: its prefetching threads would compete with the scoring
-        # and the timed sampling for the CPU (TFP's side has none).
-        del batches
-        gc.collect()
-        result = trainer.evaluate(data_lib.eval_pipeline(held_out, 100))
-        h, w, c = train.image_shape
-        t = time.perf_counter()
-        generate_images(trainer.model, (h, w), n_samples, c, seed=0, method="fast")  # trace
-        first_s = time.perf_counter() - t
-        repeats = []
-        for seed in (1, 2, 3):  # the median of three calls: a call takes well under 1 s
-            t = time.perf_counter()
-            generate_images(trainer.model, (h, w), n_samples, c, seed=seed, method="fast")
-            repeats.append(time.perf_counter() - t)
-        sample_s = sorted(repeats)[1]
-        print(f"ours: sampling {n_samples} images took {', '.join(f'{r:.3f}' for r in repeats)} "
-              f"s", file=sys.stderr)
-    return {"bits_per_dim": result.bits_per_dim, "steps": steps,
-            "batch": cfg.data.batch_size, "parameters": count_parameters(trainer.model),
-            "sample_s": sample_s, "first_sample_s": first_s,
-            "setting": "configs/quickstart_pixelcnn_pp.yml, "
-                                             + " ".join(overrides[1:])}
+    result = train_for_budget(os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
+                              overrides, budget, n_samples)
+    return {**result, "setting": "configs/quickstart_pixelcnn_pp.yml, "
+                                 + " ".join(overrides[1:])}
 
 
 def run_tfp(dataset: str, budget: float, n_samples: int, extra=()) -> dict:

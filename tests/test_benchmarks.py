@@ -60,3 +60,25 @@ def test_compression_prints_the_model_codec_against_its_bits_per_dim():
     own = float(re.search(r"own bits/dim \(full pass\): ([\d.]+)", out).group(1))
     assert 0 < own < 8.5 and abs(file_bpd / own - 1) < 0.01
     assert "500 held-out 28x28x1 images" in out
+
+
+def test_equal_time_prints_both_runs_and_the_difference():
+    out = run_benchmark("equal_time.py", "--budget-s", "1", "--n-samples", "1",
+                        "--run", "plain=configs/quickstart_gated_pixelcnn.yml",
+                        "--run", "dilated=configs/quickstart_gated_pixelcnn.yml",
+                        "--set", "dilated:model.dilations=[1,2,4,8,16]")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.strip().startswith(("plain", "dilated"))}
+    assert rows["plain"][2] == "+0.0000" and "model.dilations=[1,2,4,8,16]" in out
+    for row in rows.values():
+        assert 0 < float(row[1]) < 8.5 and row[3] == "138,816"
+
+
+def test_receptive_field_of_the_last_pixel(tmp_path):
+    """Rates 1, 2, 4, 8, 16 reach every earlier pixel of a 32x32 image from the last one;
+    the plain quickstart networks see 80 (pixelcnn) and 89 (gated) of them."""
+    out = run_benchmark("receptive_field.py", "--out", str(tmp_path / "field.png"))
+    counts = dict(re.findall(r"(\w+)\s+plain\s+(\d+) pixels", out))
+    assert counts == {"pixelcnn": "80", "gated_pixelcnn": "89"}
+    assert len(re.findall(r"dilated\s+1023 \(100.0%\)", out)) == 2
+    assert (tmp_path / "field.png").stat().st_size > 1000
