@@ -84,7 +84,10 @@ def _run(args, config, strategy) -> int:
     if restored:
         print(f"resuming {args.workdir} from step {trainer.step}")
     else:
-        print(f"new run in {args.workdir}: {config.model.type}, "
+        kind = config.model.type
+        if config.model.multiscale:
+            kind += f" (multi-scale, factor {config.model.multiscale['factor']})"
+        print(f"new run in {args.workdir}: {kind}, "
               f"{count_parameters(trainer.model):,} parameters, images "
               f"{train_split.image_shape}, {train_split.num_examples} training / "
               f"{val_split.num_examples} validation images")

@@ -51,6 +51,7 @@ import tensorflow as tf
 from pixelcnn_tf import incremental
 from pixelcnn_tf.errors import DataError
 from pixelcnn_tf.likelihood import N_LEVELS
+from pixelcnn_tf.multiscale import MultiScalePixelRNN
 from pixelcnn_tf.sampling import write_pixel
 
 PRECISION = 24  # frequencies sum to 2^24: constriction's range coder precision
@@ -294,6 +295,9 @@ _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _loop(model) -> _CodingLoop:
+    if isinstance(model, MultiScalePixelRNN):
+        raise CodecError("multi-scale models (model.multiscale) cannot code images yet: "
+                         "compress with a one-scale model")
     if not incremental.supports(model):
         raise CodecError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
                          f"has no incremental evaluation, which decoding needs")

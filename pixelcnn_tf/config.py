@@ -109,6 +109,9 @@ class ModelConfig:
     # One dilation rate per pixel layer (pixelcnn, gated_pixelcnn), e.g. [1, 2, 4, 8, 1];
     # null: 1 everywhere.
     dilations: Optional[list] = None
+    # The Multi-Scale PixelRNN: {factor: f} models x[::f, ::f] with one network and the
+    # rest of x given it with a second (both of model.type); null: one scale.
+    multiscale: Optional[dict] = None
     # Dropout in pixelcnn_pp's residual blocks while training (the paper: 0.5 on CIFAR-10).
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
 
@@ -248,6 +251,8 @@ def _check_cross_fields(config: Config) -> None:
                           "add --set model.output=logistic_mixture")
     if model.dilations is not None:
         _check_dilations(model)
+    if model.multiscale is not None:
+        _check_multiscale(model)
     if model.dropout > 0 and model.type != "pixelcnn_pp":
         raise ConfigError(f"model.dropout={model.dropout} is used by model.type=pixelcnn_pp "
                           f"only; remove it (or --set model.dropout=0)")
@@ -277,6 +282,26 @@ def _check_dilations(model: ModelConfig) -> None:
         if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= MAX_DILATION:
             raise ConfigError(f"model.dilations={_show(rates)}: every rate must be an integer "
                               f"from 1 to {MAX_DILATION}, got {_show(rate)}")
+
+
+MULTISCALE_KEYS = ("factor",)
+
+
+def _check_multiscale(model: ModelConfig) -> None:
+    settings = model.multiscale
+    unknown = [k for k in settings if k not in MULTISCALE_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown key model.multiscale.{_show(unknown[0])[1:-1]}; allowed: "
+                          f"{', '.join(MULTISCALE_KEYS)} (e.g. model.multiscale={{factor: 2}})")
+    factor = settings.get("factor")
+    if isinstance(factor, bool) or not isinstance(factor, int) or not 2 <= factor <= 64:
+        raise ConfigError(f"model.multiscale.factor={_show(factor)} must be an integer from 2 "
+                          f"to 64 (the small image is x[::factor, ::factor]), e.g. "
+                          f"model.multiscale={{factor: 2}}")
+    if model.type == "pixelcnn_pp":
+        raise ConfigError("model.multiscale works with the pixel-layer types (pixelcnn, "
+                          "gated_pixelcnn, row_lstm, diagonal_bilstm), not pixelcnn_pp; remove "
+                          "it (or --set model.multiscale=null)")
 
 
 def config_to_dict(config: Config) -> Dict[str, Dict[str, Any]]:
@@ -376,6 +401,12 @@ def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> N
     if channels not in (1, 3):
         raise ConfigError(f"images have {channels} channels; models support 1 (grey) or 3 "
                           f"(RGB) channels")
+    if model.multiscale:
+        height, width = (int(d) for d in image_shape[:2])
+        factor = model.multiscale["factor"]
+        if height % factor or width % factor:
+            raise ConfigError(f"model.multiscale.factor={factor} must divide the image size "
+                              f"{height}x{width} (the small image is x[::{factor}, ::{factor}])")
     if model.type == "pixelcnn_pp":
         height, width = (int(d) for d in image_shape[:2])
         if height % 4 or width % 4:

@@ -22,10 +22,12 @@ Every component implements one explicit API, here and nowhere else:
 
 Components: ``ConvStep`` (a MaskedConv2D), one ``LayerStep`` per pixel-layer type
 (registered with ``@steps_for``), and model steppers (``stepper(model)``), whose
-``step(cache, images, pos, labels)`` returns the parameters of the step's output
-distribution, ``record(cache, images, pos)`` stores a drawn pixel where the layers reading
-the image need it, and ``finish_row(cache, images, row, labels)`` runs once row ``row`` is
-complete. ``walk(model, images, labels, fill)`` runs them over every step in raster order;
+``conditions(labels, context)`` prepares the conditioning once (class vectors; a
+multi-scale conditional network's bias maps), ``step(cache, images, pos, conditions)``
+returns the parameters of the step's output distribution, ``record(cache, images, pos)``
+stores a drawn pixel where the layers reading the image need it, and
+``finish_row(cache, images, row, conditions)`` runs once row ``row`` is complete.
+``walk(model, images, labels, fill, context)`` runs them over every step in raster order;
 the sampler (sampling.py), the codec (codec.py) and the tests use exactly this API.
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ import tensorflow as tf
 from pixelcnn_tf import blocks
 from pixelcnn_tf.layers import MaskedConv2D
 from pixelcnn_tf.models import PixelRNN
+from pixelcnn_tf.multiscale import MultiScalePixelRNN
 from pixelcnn_tf.pixelcnn_pp import PixelCNNPlusPlus, concat_elu
 
 
@@ -436,14 +439,20 @@ class PixelRNNStepper:
         """images ``[N, H, W, C]`` in [0, 1] → the preprocessed pixel (i, j) ``[N, C]``."""
         return tf.cast(self.model.preprocess(images[:, i, j, :]), self.dtype)
 
-    def step(self, cache: tuple, images: tf.Tensor, pos: Position,
-             labels: Optional[tf.Tensor] = None):
+    def conditions(self, labels: Optional[tf.Tensor] = None,
+                   context: Optional[tf.Tensor] = None):
+        """The model's conditions (``PixelRNN.conditions``: class vectors, context bias
+        maps), computed once before the steps."""
+        return self.model.conditions(labels, context)
+
+    def step(self, cache: tuple, images: tf.Tensor, pos: Position, conditions):
         """→ (cache, the step's distribution parameters ``[N, P / groups]`` float32).
         ``images`` ``[N, H, W, C]`` in [0, 1]: pixel (i, j)'s colours before group c are
-        read (later ones are masked)."""
+        read (later ones are masked). ``conditions``: from ``self.conditions``."""
         in_cache, layer_caches, hid_cache, out_cache = cache
         model = self.model
-        input_bias, conditions = model.class_vectors(labels)
+        input_bias, conditions = tf.nest.map_structure(
+            lambda t: _at_pixel(t, pos), conditions)  # per-image vectors [N, width]
         in_cache, features = self.input.step(in_cache, self._pixel(images, pos.i, pos.j), pos)
         if input_bias is not None:
             features += colour_group(input_bias, self.groups, pos.c)
@@ -467,8 +476,7 @@ class PixelRNNStepper:
         in_cache = self.input.write(in_cache, self._pixel(images, pos.i, pos.j), pos)
         return (in_cache, *rest)
 
-    def finish_row(self, cache: tuple, images: tf.Tensor, row,
-                   labels: Optional[tf.Tensor] = None) -> tuple:
+    def finish_row(self, cache: tuple, images: tf.Tensor, row, conditions) -> tuple:
         """Row ``row`` of ``images`` ``[N, H, W, C]`` (in [0, 1]) is final: the row-wise
         layers' states for row ``row + 1``, from one pass of the network over that row (all
         columns), reading only image rows up to ``row``."""
@@ -482,7 +490,8 @@ class PixelRNNStepper:
         n, _, width, channels = x.shape
         # Image rows row-kh//2 .. row → the input layer's features at row `row`.
         window = tf.slice(x, tf.stack([0, row, 0, 0]), [-1, kh // 2 + 1, width, channels])
-        input_bias, conditions = model.class_vectors(labels)
+        input_bias, conditions = tf.nest.map_structure(
+            lambda t: _on_row(t, row), conditions)  # vectors [N, width] or maps [N, 1, W, ·]
         # [N, kh//2+1, W, ·] → the last row [N, 1, W, ·] (rows above were only context).
         state = tf.nest.map_structure(lambda t: t[:, -1:], model.input_state(window, input_bias))
         new_caches = []
@@ -490,6 +499,22 @@ class PixelRNNStepper:
             layer_cache, state = step.finish_row(layer_cache, state, condition)
             new_caches.append(layer_cache)
         return in_cache, tuple(new_caches), hid_cache, out_cache
+
+
+def _at_pixel(condition: tf.Tensor, pos: Position) -> tf.Tensor:
+    """A condition at pixel (i, j): per-image vectors ``[N, D]`` as they are, maps
+    ``[N, H, W, D]`` → ``[N, D]`` (None: no condition)."""
+    if condition is None or condition.shape.rank == 2:
+        return condition
+    return tf.gather(tf.gather(condition, pos.i, axis=1), pos.j, axis=1)
+
+
+def _on_row(condition: tf.Tensor, row) -> tf.Tensor:
+    """A condition over one row: per-image vectors ``[N, D]`` as they are, maps
+    ``[N, H, W, D]`` → ``[N, 1, W, D]`` (None: no condition)."""
+    if condition is None or condition.shape.rank == 2:
+        return condition
+    return tf.gather(condition, row, axis=1)[:, None]
 
 
 # -- PixelCNN++ -----------------------------------------------------------------------------
@@ -728,11 +753,17 @@ class PixelCNNPPStepper:
             up_caches[b], ul = step.at(up_caches[b], ul, aux, labels, i, j)
         return dict(cache, up_ul=_replace(cache["up_ul"], s, up_caches)), ul
 
+    def conditions(self, labels: Optional[tf.Tensor] = None, context=None):
+        """The class ids (int32 ``[N]``) or None; PixelCNN++ takes no context images."""
+        if context is not None:
+            raise ValueError("pixelcnn_pp takes no context images")
+        return None if labels is None else tf.cast(labels, tf.int32)
+
     def step(self, cache: dict, images: tf.Tensor, pos: Position,
              labels: Optional[tf.Tensor] = None):
-        """→ (cache, the mixture parameters of pixel (i, j) ``[N, P]`` float32)."""
+        """→ (cache, the mixture parameters of pixel (i, j) ``[N, P]`` float32).
+        ``labels``: from ``self.conditions``."""
         model = self.model
-        labels = None if labels is None else tf.cast(labels, tf.int32)
         i, j = pos.i, pos.j
         cache = tf.cond(tf.equal(j, 0), lambda: self._u_rows(cache, images, i, labels),
                         lambda: cache)
@@ -750,7 +781,7 @@ class PixelCNNPPStepper:
     def record(self, cache: dict, images: tf.Tensor, pos: Position) -> dict:
         return cache  # the image is read from ``images`` at every step
 
-    def finish_row(self, cache: dict, images: tf.Tensor, row, labels=None) -> dict:
+    def finish_row(self, cache: dict, images: tf.Tensor, row, conditions) -> dict:
         return cache  # the u streams advance in ``step``
 
 
@@ -780,7 +811,10 @@ MODEL_STEPPERS: Dict[type, Callable] = {PixelRNN: PixelRNNStepper,
 
 def supports(model) -> bool:
     """Whether ``model`` can be evaluated incrementally (its type, and for the PixelRNN
-    container every pixel layer's type, has steps here)."""
+    container every pixel layer's type, has steps here; a multi-scale model: both of its
+    networks, each walked on its own)."""
+    if isinstance(model, MultiScalePixelRNN):
+        return supports(model.small) and supports(model.large)
     if type(model) not in MODEL_STEPPERS:
         return False
     return all(type(layer) in LAYER_STEPS for layer in getattr(model, "pixel_layers", ()))
@@ -800,7 +834,8 @@ def step_position(k, width: int, groups: int) -> Position:
     return Position(k // (width * groups), (k // groups) % width, k % groups)
 
 
-def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable) -> tf.Tensor:
+def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable,
+         context: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Visits every step of ``model`` in raster order with ``stepper(model)`` inside a
     ``tf.while_loop`` (call it inside a ``tf.function``) and returns the final images.
 
@@ -808,20 +843,24 @@ def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable) 
     completed row for row-wise layers, then ``step``), ``fill(params, images, pos)`` writes
     the step's sub-pixels into ``images`` (int32 ``[N, H, W, C]``; the sampler draws them,
     the codec codes them) and ``record`` stores them where the layers reading the image
-    need them. ``labels``: int32 ``[N]`` for class-conditional models, else None.
+    need them. ``labels``: int32 ``[N]`` for class-conditional models, else None;
+    ``context``: the small image ``[N, H/f, W/f, C]`` in [0, 1] for the conditional
+    network of a multi-scale model, else None. Their conditions are computed once, before
+    the loop.
     """
     height, width, _ = model.image_shape
     groups = model.distribution.groups
     evaluator = stepper(model)
+    conditions = evaluator.conditions(labels, context)
 
     def body(k, images, cache):
         pos = step_position(k, width, groups)
         inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
         if evaluator.row_wise:  # row-wise layers: update their row states at each new row
             cache = tf.cond((pos.i > 0) & tf.equal(pos.j, 0) & tf.equal(pos.c, 0),
-                            lambda: evaluator.finish_row(cache, inputs, pos.i - 1, labels),
+                            lambda: evaluator.finish_row(cache, inputs, pos.i - 1, conditions),
                             lambda: cache)
-        cache, params = evaluator.step(cache, inputs, pos, labels)
+        cache, params = evaluator.step(cache, inputs, pos, conditions)
         images = fill(params, images, pos)
         # The layers reading the image get the pixel with the values just written.
         cache = evaluator.record(cache, tf.cast(images, tf.float32) / 255.0, pos)

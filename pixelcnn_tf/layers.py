@@ -11,7 +11,11 @@ from pixelcnn_tf.masks import KernelSize, _kernel_hw, get_mask
 
 def per_image(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """Reshapes per-image vectors ``[B, D]`` to broadcast against ``like`` ``[B, ..., D]``
-    (``[B, H, W, D]`` in a full pass, ``[B, D]`` at one position)."""
+    (``[B, H, W, D]`` in a full pass, ``[B, D]`` at one position). Values of ``like``'s
+    rank (per-position maps, e.g. ``[B, H, W, D]`` or one row ``[B, 1, W, D]``) already
+    broadcast and are returned as they are."""
+    if values.shape.rank == like.shape.rank:
+        return values
     extra = like.shape.rank - 2
     return tf.reshape(values, [-1] + [1] * extra + [values.shape[-1]])
 

@@ -68,9 +68,14 @@ class Distribution:
         (pixel (i, j), colour group ``group``): what an incremental step returns."""
         raise NotImplementedError
 
+    def nll_per_pixel(self, params: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+        """NLL in nats of each pixel (all its colours) ``[B, H, W]`` float32 (images:
+        uint8/int ``[B, H, W, C]``)."""
+        raise NotImplementedError
+
     def nll_per_image(self, params: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
         """Total NLL in nats of each image ``[B]`` float32 (images: uint8/int ``[B, H, W, C]``)."""
-        raise NotImplementedError
+        return tf.reduce_sum(self.nll_per_pixel(params, images), axis=[1, 2])
 
     def subpixel_logits(self, step_params: tf.Tensor, pixel: tf.Tensor, c: int) -> tf.Tensor:
         """log p(colour ``c`` = v | colours before c of ``pixel``, earlier pixels) for every
@@ -103,8 +108,8 @@ class Categorical(Distribution):
     def at(self, params, i, j, group):
         return params[:, i, j, group]  # [N, 256]
 
-    def nll_per_image(self, params, images):
-        return nll_per_image(params, images)
+    def nll_per_pixel(self, params, images):
+        return tf.reduce_sum(nll_per_dim(params, images), axis=-1)
 
     def subpixel_logits(self, step_params, pixel, c):
         return tf.cast(step_params, tf.float32)
@@ -211,12 +216,11 @@ class LogisticMixture(Distribution):
             total += log_p if use is True else tf.where(use, log_p, tf.zeros_like(log_p))
         return total
 
-    def nll_per_image(self, params, images):
+    def nll_per_pixel(self, params, images):
         images = tf.cast(images, tf.int32)
         every_colour = [True] * self.n_colors
-        log_p = tf.reduce_logsumexp(self.log_weights(self.split(params), images, every_colour),
-                                    axis=-1)
-        return -tf.reduce_sum(log_p, axis=[1, 2])  # [B, H, W] → [B]
+        return -tf.reduce_logsumexp(self.log_weights(self.split(params), images, every_colour),
+                                    axis=-1)  # [B, H, W]
 
     def subpixel_logits(self, step_params, pixel, c):
         parts = self.split(step_params)  # [N, ...]

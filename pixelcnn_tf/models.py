@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from pixelcnn_tf.blocks import PIXEL_LAYERS, get_pixel_layer
-from pixelcnn_tf.layers import MaskedConv2D, check_dilation, per_image
+from pixelcnn_tf.layers import Conv2D, MaskedConv2D, check_dilation, per_image
 from pixelcnn_tf.likelihood import make_distribution
 
 
@@ -30,13 +30,21 @@ class PixelRNN(tf.Module):
     every pixel layer (``condition_width`` values per layer: a bias of the stream, or the
     gated PixelCNN's gate projections); it is position-independent, so causality is
     unaffected.
+
+    With ``context_factor`` f > 0 the model is the conditional network of a Multi-Scale
+    PixelRNN (multiscale.py): it also takes ``context``, an image ``[B, H/f, W/f, C]``
+    in [0, 1] that it may see whole. An unmasked KxK convolution (K =
+    ``input_kernel_size``) and ReLU encode it; a stride-f, fxf deconvolution (written as
+    a 1x1 convolution and ``depth_to_space``) up-samples the code to one bias map
+    ``[B, H, W, width]`` per slot, added where the class vectors go (the input features
+    and every layer).
     """
 
     def __init__(self, image_shape: Sequence[int], layer_type: str = "pixelcnn",
                  hidden_dim: int = 64, out_dim: int = 256, n_layers: int = 5,
                  kernel_size: int = 3, input_kernel_size: int = 7, num_classes: int = 0,
                  output: str = "categorical", num_mixtures: int = 10,
-                 dilations: Optional[Sequence[int]] = None,
+                 dilations: Optional[Sequence[int]] = None, context_factor: int = 0,
                  compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
         super().__init__(name=name)
         # Layers compute in compute_dtype (e.g. bfloat16); variables stay float32 and the
@@ -64,25 +72,34 @@ class PixelRNN(tf.Module):
             self.output_hidden = MaskedConv2D(out_dim, 1, "B", groups, name="output_hidden")
             self.output_logits = MaskedConv2D(self.distribution.num_params, 1, "B", groups,
                                               name="output_logits")
+            # Conditioning slots: slot 0 biases the input features (when the type takes
+            # it), then one slot per pixel layer, each condition_width(h) values.
+            self._first_layer_slot = int(layer_cls.condition_input)
+            self._slots = self._first_layer_slot + n_layers
+            self._condition_width = layer_cls.condition_width(hidden_dim)
             if self.num_classes > 0:
-                # [classes, slots, width]: slot 0 biases the input features (when the type
-                # takes it), then one slot per pixel layer.
-                self._first_layer_slot = int(layer_cls.condition_input)
-                self.class_bias = tf.Variable(
-                    tf.zeros([self.num_classes, self._first_layer_slot + n_layers,
-                              layer_cls.condition_width(hidden_dim)]),
+                self.class_bias = tf.Variable(  # [classes, slots, width]
+                    tf.zeros([self.num_classes, self._slots, self._condition_width]),
                     name="class_bias")
+            self.context_factor = int(context_factor)
+            if self.context_factor:
+                k, f = input_kernel_size, self.context_factor
+                self.context_conv = Conv2D(2 * hidden_dim, (k, k), (k // 2,) * 4,
+                                           init_scale=2.0, name="context_conv")
+                self.context_up = Conv2D(f * f * self._slots * self._condition_width, (1, 1),
+                                         name="context_up")
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
-                 training: bool = False) -> tf.Tensor:
-        """images ``[B, H, W, C]`` float in [0, 1], labels ``[B]`` int → the output
-        distribution's parameters (float32). ``training`` changes nothing here (no
+                 training: bool = False, context: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """images ``[B, H, W, C]`` float in [0, 1], labels ``[B]`` int (class-conditional
+        models), context ``[B, H/f, W/f, C]`` in [0, 1] (``context_factor`` f > 0) → the
+        output distribution's parameters (float32). ``training`` changes nothing here (no
         dropout)."""
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
         x = tf.cast(self.preprocess(images), self.compute_dtype)
-        input_bias, conditions = self.class_vectors(labels)
+        input_bias, conditions = self.conditions(labels, context)
         state = self.input_state(x, input_bias)
         for layer, condition in zip(self.pixel_layers, conditions):
             state = layer(state, condition)
@@ -100,17 +117,46 @@ class PixelRNN(tf.Module):
             features += per_image(input_bias, features)
         return self._layer_cls.initial_state(features)
 
-    def class_vectors(self, labels: Optional[tf.Tensor]):
-        """labels ``[B]`` → (the input features' class bias ``[B, width]`` or None, one
-        class vector ``[B, width]`` or None per pixel layer), in the compute dtype."""
-        conditions = [None] * len(self.pixel_layers)
-        if self.num_classes == 0:
-            return None, conditions
-        bias = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
-                       self.compute_dtype)  # [B, slots, width]
+    def conditions(self, labels: Optional[tf.Tensor], context: Optional[tf.Tensor] = None):
+        """labels ``[B]`` and context ``[B, H/f, W/f, C]`` (each when the model takes it)
+        → (the input features' bias or None, one condition or None per pixel layer), in
+        the compute dtype: per-image class vectors ``[B, width]``, or with a context
+        per-position maps ``[B, H, W, width]`` (bias map + class vector)."""
+        if context is not None and not self.context_factor:
+            raise ValueError(f"{self.name} takes no context images (context_factor=0)")
+        if context is None and self.context_factor:
+            raise ValueError(f"{self.name} is the conditional network of a multi-scale "
+                             f"model: pass context, the small image [B, H/{self.context_factor}"
+                             f", W/{self.context_factor}, C]")
+        slots = None
+        if self.num_classes > 0:
+            slots = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
+                            self.compute_dtype)[:, None, None]  # [B, 1, 1, slots, width]
+        if context is not None:
+            maps = self.context_maps(context)  # [B, H, W, slots, width]
+            slots = maps if slots is None else maps + slots
+        if slots is None:
+            return None, [None] * len(self.pixel_layers)
+        if context is None:
+            slots = slots[:, 0, 0]  # per-image vectors [B, slots, width]
         first = self._first_layer_slot
-        conditions = [bias[:, first + i] for i in range(len(self.pixel_layers))]
-        return (bias[:, 0] if first else None), conditions
+        conditions = [slots[..., first + i, :] for i in range(len(self.pixel_layers))]
+        return (slots[..., 0, :] if first else None), conditions
+
+    def context_maps(self, context: tf.Tensor) -> tf.Tensor:
+        """The small image ``[B, H/f, W/f, C]`` in [0, 1] → bias maps ``[B, H, W, slots,
+        width]``: an unmasked KxK convolution, ReLU, and the fxf stride-f deconvolution."""
+        context = tf.convert_to_tensor(context)
+        height, width, channels = self.image_shape
+        f = self.context_factor
+        want = (height // f, width // f, channels)
+        if context.shape.rank != 4 or tuple(context.shape[1:]) != want:
+            raise ValueError(f"{self.name} takes context images [B, {', '.join(map(str, want))}]"
+                             f", got shape {context.shape.as_list()}")
+        x = tf.cast(self.preprocess(context), self.compute_dtype)
+        code = tf.nn.relu(self.context_conv(x))  # [B, H/f, W/f, 2h]
+        maps = tf.nn.depth_to_space(self.context_up(code), f)  # [B, H, W, slots·width]
+        return tf.reshape(maps, [-1, height, width, self._slots, self._condition_width])
 
     @staticmethod
     def preprocess(images: tf.Tensor) -> tf.Tensor:
@@ -165,6 +211,8 @@ def build_model(model_config, image_shape: Sequence[int],
     Returns a ``tf.Module``: ``model(images, labels=None, training=False)`` with images
     ``[B, H, W, C]`` in [0, 1] returns the float32 parameters of ``model.distribution``
     (categorical logits ``[B, H, W, C, 256]`` or mixture parameters ``[B, H, W, P]``).
+    With ``model.multiscale`` it is a ``multiscale.MultiScalePixelRNN``, whose parameters
+    are a pair (small network's, conditional network's) scored by its distribution.
     ``compute_dtype`` (bfloat16 or float16 for mixed precision) is the dtype of the
     layers' arithmetic; ``seed`` seeds the dropout masks (models with dropout).
     """
@@ -176,14 +224,20 @@ def build_model(model_config, image_shape: Sequence[int],
             dropout=model_config.dropout, num_classes=model_config.num_classes,
             compute_dtype=compute_dtype, seed=seed, name="pixelcnn_pp")
     else:
-        model = PixelRNN(image_shape, layer_type=model_config.type,
-                         hidden_dim=model_config.hidden_dim, out_dim=model_config.out_dim,
-                         n_layers=model_config.n_layers, kernel_size=model_config.kernel_size,
-                         input_kernel_size=model_config.input_kernel_size,
-                         num_classes=model_config.num_classes,
-                         output=model_config.output, num_mixtures=model_config.num_mixtures,
-                         dilations=model_config.dilations,
-                         compute_dtype=compute_dtype, name="pixel_rnn")
+        settings = dict(hidden_dim=model_config.hidden_dim, out_dim=model_config.out_dim,
+                        n_layers=model_config.n_layers, kernel_size=model_config.kernel_size,
+                        input_kernel_size=model_config.input_kernel_size,
+                        num_classes=model_config.num_classes, output=model_config.output,
+                        num_mixtures=model_config.num_mixtures,
+                        dilations=model_config.dilations)
+        if model_config.multiscale:
+            from pixelcnn_tf.multiscale import MultiScalePixelRNN
+            model = MultiScalePixelRNN(image_shape, model_config.multiscale["factor"],
+                                       model_config.type, compute_dtype=compute_dtype,
+                                       name="multiscale", **settings)
+        else:
+            model = PixelRNN(image_shape, layer_type=model_config.type,
+                             compute_dtype=compute_dtype, name="pixel_rnn", **settings)
     images = tf.zeros([1, *model.image_shape])
     labels = tf.zeros([1], tf.int32) if model.num_classes > 0 else None
     model(images, labels)  # creates every variable now, eagerly

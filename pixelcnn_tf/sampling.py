@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 import random
 import weakref
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from pixelcnn_tf import incremental
+from pixelcnn_tf import incremental, multiscale
 from pixelcnn_tf.incremental import Position
 from pixelcnn_tf.likelihood import LogisticMixture
 
@@ -119,26 +119,56 @@ def _write_subpixel(images: tf.Tensor, i, j, c, values: tf.Tensor) -> tf.Tensor:
     return tf.tensor_scatter_nd_update(images, indices, values)
 
 
+class Stage(NamedTuple):
+    """How the image a loop draws relates to the image being sampled (multi-scale models
+    draw in two stages; one-scale models in one, ``Stage()``).
+
+    ``scale`` s: the loop draws x[::s, ::s]; sub-pixel indices (for ``start`` and the
+    noise) are those of x, so the small image's pixel (a, b) uses the noise of pixel
+    (s·a, s·b) of x. ``keep_grid`` f > 0: pixels (f·a, f·b) are given (the small image
+    drawn before) and kept, like sub-pixels before ``start``.
+    """
+    scale: int = 1
+    keep_grid: int = 0
+
+
+def _pixel_index(pos: Position, width: int, channels: int, stage: Stage) -> tf.Tensor:
+    """Raster index, in the sampled image, of the first sub-pixel of pixel (i, j) of a
+    stage's image (``width`` wide)."""
+    s = stage.scale
+    return ((pos.i * s) * (width * s) + pos.j * s) * channels
+
+
+def _on_kept_grid(pos: Position, stage: Stage):
+    """Whether pixel (i, j) is on the stage's kept grid (False when there is none)."""
+    if not stage.keep_grid:
+        return tf.constant(False)
+    return tf.equal(pos.i % stage.keep_grid, 0) & tf.equal(pos.j % stage.keep_grid, 0)
+
+
 def _draw_step(distribution, params: tf.Tensor, images: tf.Tensor, pos: Position,
-               start: tf.Tensor, seed, temperature, greedy: bool) -> tf.Tensor:
+               start: tf.Tensor, seed, temperature, greedy: bool,
+               stage: Stage = Stage()) -> tf.Tensor:
     """Draws the sub-pixels of one step from the step's parameters ``[N, ·]`` and writes
-    them into ``images`` ``[N, H, W, C]`` (int32); sub-pixels before ``start`` keep their
-    values. Categorical: colour ``pos.c``, by Gumbel-max over its 256 logits with noise
-    ``(seed, k)`` of its sub-pixel k. Logistic mixture: the whole pixel (``_draw_mixture``)."""
+    them into ``images`` ``[N, H, W, C]`` (int32); sub-pixels before ``start`` (and the
+    ``stage``'s kept grid) keep their values. Categorical: colour ``pos.c``, by Gumbel-max
+    over its 256 logits with noise ``(seed, k)`` of its sub-pixel k. Logistic mixture: the
+    whole pixel (``_draw_mixture``)."""
     if isinstance(distribution, LogisticMixture):
         return _draw_mixture(distribution, params, images, pos, start, seed, temperature,
-                             greedy)
+                             greedy, stage)
     _, width, channels = images.shape[1:]
-    k = (pos.i * width + pos.j) * channels + pos.c  # the sub-pixel's raster index
+    k = _pixel_index(pos, width, channels, stage) + pos.c  # the sub-pixel's raster index
     logits = distribution.subpixel_logits(params, images[:, pos.i, pos.j, :], pos.c)
     values = _draw(logits, seed, k, temperature, greedy)
-    values = tf.where(k >= start, values, images[:, pos.i, pos.j, pos.c])  # keep given ones
+    keep = (k < start) | _on_kept_grid(pos, stage)
+    values = tf.where(keep, images[:, pos.i, pos.j, pos.c], values)  # keep given ones
     return _write_subpixel(images, pos.i, pos.j, pos.c, values)
 
 
 def _draw_mixture(distribution: LogisticMixture, params: tf.Tensor, images: tf.Tensor,
-                  pos: Position, start: tf.Tensor, seed, temperature, greedy: bool
-                  ) -> tf.Tensor:
+                  pos: Position, start: tf.Tensor, seed, temperature, greedy: bool,
+                  stage: Stage = Stage()) -> tf.Tensor:
     """Pixel (i, j) of every image from its discretized logistic mixture ``params``
     ``[N, P]``, as PixelCNN++ samples, in O(M + C) per pixel instead of evaluating 256 bins
     per colour: the component k by Gumbel-max over its log-weight (log π_k plus the
@@ -154,11 +184,12 @@ def _draw_mixture(distribution: LogisticMixture, params: tf.Tensor, images: tf.T
     """
     _, width, channels = images.shape[1:]
     m = distribution.num_mixtures
-    k0 = (pos.i * width + pos.j) * channels  # the pixel's first sub-pixel
+    k0 = _pixel_index(pos, width, channels, stage)  # the pixel's first sub-pixel
     parts = distribution.split(params)  # [N, M], [N, C, M], [N, C, M], [N, C(C-1)/2, M]
     _, means, log_scales, coeffs = parts
     pixel = images[:, pos.i, pos.j, :]  # int32 [N, C]
-    kept = k0 + tf.range(channels) < start  # [C]: a prefix of the colours
+    # [C]: a prefix of the colours, or all of them on the kept grid
+    kept = (k0 + tf.range(channels) < start) | _on_kept_grid(pos, stage)
     weights = distribution.log_weights(parts, pixel, tf.unstack(kept, channels))  # [N, M]
     noise = uniform_noise(seed, k0, tf.shape(params)[0], width=m + channels)  # [N, M + C]
     if greedy:
@@ -188,26 +219,30 @@ def write_pixel(images: tf.Tensor, i, j, pixel: tf.Tensor) -> tf.Tensor:
     return tf.tensor_scatter_nd_update(images, indices, pixel)
 
 
-def _naive_loop(model_ref, greedy: bool, conditional: bool):
-    """``(images, start, seed, temperature, labels) → images``: a full pass per step."""
+def _naive_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage()):
+    """``(images, start, seed, temperature, labels, context=None) → images``: a full pass
+    per step (``context``: the small image, for a multi-scale conditional network)."""
     model = model_ref()
     height, width, _ = model.image_shape
     distribution = model.distribution
     groups = distribution.groups
 
-    def sample(images, start, seed, temperature, labels):
+    def sample(images, start, seed, temperature, labels, context=None):
         model = model_ref()  # traced while the caller holds the model
+        extra = {} if context is None else {"context": context}
 
         def body(k, images):
             pos = incremental.step_position(k, width, groups)
             inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
-            params = model(inputs, labels if conditional else None)
+            params = model(inputs, labels if conditional else None, **extra)
             params = distribution.at(params, pos.i, pos.j, pos.c)
             return k + 1, _draw_step(distribution, params, images, pos, start, seed,
-                                     temperature, greedy)
+                                     temperature, greedy, stage)
 
+        # A small image's sub-pixel indices are not those of `start`: draw from its start.
+        first = _first_step(start, images.shape[-1], groups) if stage.scale == 1 else 0
         _, images = tf.while_loop(lambda k, _: k < height * width * groups, body,
-                                  [_first_step(start, images.shape[-1], groups), images])
+                                  [first, images])
         return images
 
     return sample
@@ -218,20 +253,43 @@ def _first_step(start: tf.Tensor, channels: int, groups: int) -> tf.Tensor:
     return start // (channels // groups)
 
 
-def _fast_loop(model_ref, greedy: bool, conditional: bool):
-    """``(images, start, seed, temperature, labels) → images``: one position (and colour
-    group) of every layer per step, through ``incremental.walk``.
+def _fast_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage()):
+    """``(images, start, seed, temperature, labels, context=None) → images``: one position
+    (and colour group) of every layer per step, through ``incremental.walk``.
 
     Steps before ``start`` are run too (to fill the caches) but keep their values.
     """
     distribution = model_ref().distribution
 
-    def sample(images, start, seed, temperature, labels):
+    def sample(images, start, seed, temperature, labels, context=None):
         def draw(params, images, pos):
             return _draw_step(distribution, params, images, pos, start, seed, temperature,
-                              greedy)
+                              greedy, stage)
         return incremental.walk(model_ref(),  # traced while the caller holds the model
-                                images, labels if conditional else None, draw)
+                                images, labels if conditional else None, draw, context)
+
+    return sample
+
+
+def _multiscale_loop(model_ref, method: str, greedy: bool, conditional: bool):
+    """A ``multiscale.MultiScalePixelRNN``: the small image x[::f, ::f] with its network,
+    then the rest of x with the conditional network given the small image (kept), both
+    with ``method``'s loop. Sub-pixels before ``start`` are kept in both stages (the small
+    image's own: the small network sees nothing else)."""
+    model = model_ref()
+    f = model.factor
+    loop = _fast_loop if method == "fast" else _naive_loop
+    small_loop = loop(weakref.ref(model.small), greedy, conditional, Stage(scale=f))
+    large_loop = loop(weakref.ref(model.large), greedy, conditional, Stage(keep_grid=f))
+    height, width, _ = model.image_shape
+
+    def sample(images, start, seed, temperature, labels):
+        small = small_loop(images[:, ::f, ::f], start, seed, temperature, labels)
+        spread = tf.repeat(tf.repeat(small, f, axis=1), f, axis=2)  # [N, H, W, C]
+        grid = multiscale.grid_mask(height, width, f)[None, :, :, None]
+        images = tf.where(grid, spread, images)
+        context = tf.cast(small, tf.float32) / 255.0
+        return large_loop(images, start, seed, temperature, labels, context)
 
     return sample
 
@@ -249,8 +307,11 @@ def get_sampler(model, method: str, greedy: bool, conditional: bool):
         height, width, channels = model.image_shape
         # The loops hold the model weakly, so the cache entry (whose key is the model)
         # goes away with the model.
-        loop = (_fast_loop if method == "fast" else _naive_loop)(weakref.ref(model), greedy,
-                                                                 conditional)
+        if isinstance(model, multiscale.MultiScalePixelRNN):
+            loop = _multiscale_loop(weakref.ref(model), method, greedy, conditional)
+        else:
+            loop = (_fast_loop if method == "fast" else _naive_loop)(weakref.ref(model),
+                                                                     greedy, conditional)
         per_model[key] = tf.function(
             lambda *args: tf.cast(loop(*args), tf.uint8),
             # XLA fuses the fast loop's many small per-position ops (about 5x faster on

@@ -126,6 +126,13 @@ def test_round_trip_dilated(layer_type, output, rng):
         codec.decode(swapped, data)
 
 
+def test_multiscale_models_are_refused_with_a_reason(rng):
+    from test_multiscale import multiscale_model
+    model = multiscale_model(1)
+    with pytest.raises(CodecError, match=r"multi-scale models \(model.multiscale\) cannot"):
+        codec.encode(model, rng.integers(0, 256, (2, *model.image_shape)).astype(np.uint8))
+
+
 @pytest.mark.parametrize("layer_type", ["gated_pixelcnn", "pixelcnn_pp"])
 def test_round_trip_class_conditional(layer_type, rng):
     output = "logistic_mixture" if layer_type == "pixelcnn_pp" else "categorical"

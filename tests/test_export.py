@@ -72,14 +72,17 @@ def load_in_fresh_process(tmp_path, path, images, conditional):
 
 MIXTURE = dict(output="logistic_mixture", num_mixtures=2)
 PP = dict(MIXTURE, hidden_dim=6, n_layers=1, dropout=0.5)
+MULTISCALE = dict(multiscale="{factor: 2}")
 
 
 @pytest.mark.parametrize("layer_type,num_classes,model_keys", [
     ("pixelcnn", 0, {}), ("pixelcnn", 2, {}), ("gated_pixelcnn", 2, {}), ("row_lstm", 0, {}),
-    ("diagonal_bilstm", 2, {}), ("gated_pixelcnn", 0, MIXTURE), ("pixelcnn_pp", 2, PP)])
+    ("diagonal_bilstm", 2, {}), ("gated_pixelcnn", 0, MIXTURE), ("pixelcnn_pp", 2, PP),
+    ("gated_pixelcnn", 2, MULTISCALE), ("row_lstm", 0, dict(MULTISCALE, **MIXTURE))])
 def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes,
                                                          model_keys):
-    shape = (8, 4, 3) if layer_type == "pixelcnn_pp" else SHAPE
+    shape = ((8, 4, 3) if layer_type == "pixelcnn_pp" else
+             (6, 4, 3) if "multiscale" in model_keys else SHAPE)
     trainer = trained_trainer(tmp_path, num_classes, layer_type, shape, **model_keys)
     model = trainer.model
     path = export_saved_model(model, trainer.config, str(tmp_path / "sm"))

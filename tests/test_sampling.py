@@ -111,21 +111,23 @@ def test_cacheable_types():
     assert CACHEABLE == sorted(blocks.PIXEL_LAYERS)  # every type has a fast sampler
 
 
-def run_steps(model, x, labels):
+def run_steps(model, x, labels, context=None):
     """The incremental evaluation over every step in order → the step parameters, as a
-    list in raster order, with the full pass's parameters of the same steps."""
+    list in raster order, with the full pass's parameters of the same steps. ``context``:
+    the small image, for a multi-scale conditional network."""
     stepper = incremental.stepper(model)
     distribution = model.distribution
-    full = model(x, labels)
+    full = model(x, labels) if context is None else model(x, labels, context=context)
     height, width, _ = model.image_shape
     cache = stepper.initial(x.shape[0])
+    conditions = stepper.conditions(labels, context)
     got, want = [], []
     for i in range(height):
         if i > 0 and stepper.row_wise:  # row-wise layers: row i - 1 is complete
-            cache = stepper.finish_row(cache, x, i - 1, labels)
+            cache = stepper.finish_row(cache, x, i - 1, conditions)
         for j in range(width):
             for c in range(distribution.groups):
-                cache, params = stepper.step(cache, x, Position(i, j, c), labels)
+                cache, params = stepper.step(cache, x, Position(i, j, c), conditions)
                 cache = stepper.record(cache, x, Position(i, j, c))
                 got.append(params.numpy())
                 want.append(distribution.at(full, i, j, c).numpy())
@@ -230,14 +232,15 @@ def test_finish_row_reads_only_finished_rows(rng):
         changed = x.copy()
         changed[:, 3:] = rng.uniform(size=(2, 2, 4, 3))  # rows 3 and 4
         state_a = state_b = stepper.initial(2)
+        none = stepper.conditions()
         for row in range(3):
-            state_a = stepper.finish_row(state_a, x, row)
-            state_b = stepper.finish_row(state_b, changed, row)
+            state_a = stepper.finish_row(state_a, x, row, none)
+            state_b = stepper.finish_row(state_b, changed, row, none)
         for a, b in zip(tf.nest.flatten(state_a), tf.nest.flatten(state_b)):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
-        state_c = stepper.finish_row(state_b, changed, 3)
+        state_c = stepper.finish_row(state_b, changed, 3, none)
         assert any(not np.array_equal(a.numpy(), c.numpy()) for a, c in
-                   zip(tf.nest.flatten(stepper.finish_row(state_a, x, 3)),
+                   zip(tf.nest.flatten(stepper.finish_row(state_a, x, 3, none)),
                        tf.nest.flatten(state_c)))
 
 
