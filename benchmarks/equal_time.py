@@ -34,10 +34,12 @@ DATASETS = {
 }
 
 
-def train_for_budget(config_path: str, overrides, budget: float, n_samples: int) -> dict:
+def train_for_budget(config_path: str, overrides, budget: float, n_samples: int,
+                     samples_png: str = "") -> dict:
     """Trains ``config_path`` + ``overrides`` for ``budget`` seconds of steps (the first,
     tracing step outside the budget), then scores the held-out split and times the fast
-    sampler. Returns the figures as a dict."""
+    sampler (its last samples drawn as a grid into ``samples_png`` when given). Returns
+    the figures as a dict."""
     sys.path.insert(0, ROOT)
     from pixelcnn_tf import cli
     cli.import_tensorflow_quietly()
@@ -70,8 +72,13 @@ def train_for_budget(config_path: str, overrides, budget: float, n_samples: int)
         repeats = []
         for seed in (1, 2, 3):  # the median of three calls
             t = time.perf_counter()
-            generate_images(trainer.model, (h, w), n_samples, c, seed=seed, method="fast")
+            samples = generate_images(trainer.model, (h, w), n_samples, c, seed=seed,
+                                      method="fast")
             repeats.append(time.perf_counter() - t)
+        if samples_png:
+            from pixelcnn_tf.viz import save_grid
+            save_grid(samples, samples_png, title=f"{os.path.basename(samples_png)[:-4]}: "
+                      f"{result.bits_per_dim:.4f} bits/dim")
         print(f"sampling {n_samples} images took {', '.join(f'{r:.3f}' for r in repeats)} s",
               file=sys.stderr)
     return {"bits_per_dim": result.bits_per_dim, "steps": steps,
@@ -102,12 +109,15 @@ def main() -> None:
                         help="a config override for the run NAME, e.g. "
                              "dilated:model.dilations=[1,2,4,8,16]")
     parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--samples-dir", default="",
+                        help="save each run's samples as DIR/<dataset>_<name>.png")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--samples-png", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(train_for_budget(args.config, args.set, args.budget_s,
-                                          args.n_samples)))
+                                          args.n_samples, args.samples_png)))
         return
     runs = [r.split("=", 1) for r in args.run]
     if not runs or any(len(r) != 2 for r in runs):
@@ -121,9 +131,13 @@ def main() -> None:
                          f"{', '.join(sorted(names))}")
         overrides[name].append(override)
     results = []
+    if args.samples_dir:
+        os.makedirs(args.samples_dir, exist_ok=True)
     for name, config in runs:
+        png = (os.path.join(args.samples_dir, f"{args.dataset}_{name}.png")
+               if args.samples_dir else "")
         result = child(["--config", config, "--budget-s", str(args.budget_s),
-                        "--n-samples", str(args.n_samples),
+                        "--n-samples", str(args.n_samples), f"--samples-png={png}",
                         *(f"--set={o}" for o in overrides[name])])
         results.append((name, config, result))
         print(f"{name}: {result['bits_per_dim']:.4f} bits/dim after {result['steps']} steps",

@@ -441,9 +441,10 @@ class PixelRNNStepper:
 
     def conditions(self, labels: Optional[tf.Tensor] = None,
                    context: Optional[tf.Tensor] = None):
-        """The model's conditions (``PixelRNN.conditions``: class vectors, context bias
-        maps), computed once before the steps."""
-        return self.model.conditions(labels, context)
+        """What the model's conditions are made of (``PixelRNN.condition_inputs``: class
+        vectors, the context code map), computed once before the steps; each step
+        projects the code at its pixel, each finished row the code of the row."""
+        return self.model.condition_inputs(labels, context)
 
     def step(self, cache: tuple, images: tf.Tensor, pos: Position, conditions):
         """→ (cache, the step's distribution parameters ``[N, P / groups]`` float32).
@@ -451,8 +452,10 @@ class PixelRNNStepper:
         read (later ones are masked). ``conditions``: from ``self.conditions``."""
         in_cache, layer_caches, hid_cache, out_cache = cache
         model = self.model
-        input_bias, conditions = tf.nest.map_structure(
-            lambda t: _at_pixel(t, pos), conditions)  # per-image vectors [N, width]
+        classes, code = conditions
+        if code is not None:  # the context code at the pixel, [N, 2h]
+            code = tf.gather(tf.gather(code, pos.i, axis=1), pos.j, axis=1)
+        input_bias, conditions = model.slot_conditions(classes, code)  # vectors [N, width]
         in_cache, features = self.input.step(in_cache, self._pixel(images, pos.i, pos.j), pos)
         if input_bias is not None:
             features += colour_group(input_bias, self.groups, pos.c)
@@ -490,8 +493,11 @@ class PixelRNNStepper:
         n, _, width, channels = x.shape
         # Image rows row-kh//2 .. row → the input layer's features at row `row`.
         window = tf.slice(x, tf.stack([0, row, 0, 0]), [-1, kh // 2 + 1, width, channels])
-        input_bias, conditions = tf.nest.map_structure(
-            lambda t: _on_row(t, row), conditions)  # vectors [N, width] or maps [N, 1, W, ·]
+        classes, code = conditions
+        if code is not None:  # the context code over the row, [N, 1, W, 2h]
+            code = tf.gather(code, row, axis=1)[:, None]
+        # Vectors [N, width], or with a code maps [N, 1, W, width].
+        input_bias, conditions = model.slot_conditions(classes, code)
         # [N, kh//2+1, W, ·] → the last row [N, 1, W, ·] (rows above were only context).
         state = tf.nest.map_structure(lambda t: t[:, -1:], model.input_state(window, input_bias))
         new_caches = []
@@ -499,22 +505,6 @@ class PixelRNNStepper:
             layer_cache, state = step.finish_row(layer_cache, state, condition)
             new_caches.append(layer_cache)
         return in_cache, tuple(new_caches), hid_cache, out_cache
-
-
-def _at_pixel(condition: tf.Tensor, pos: Position) -> tf.Tensor:
-    """A condition at pixel (i, j): per-image vectors ``[N, D]`` as they are, maps
-    ``[N, H, W, D]`` → ``[N, D]`` (None: no condition)."""
-    if condition is None or condition.shape.rank == 2:
-        return condition
-    return tf.gather(tf.gather(condition, pos.i, axis=1), pos.j, axis=1)
-
-
-def _on_row(condition: tf.Tensor, row) -> tf.Tensor:
-    """A condition over one row: per-image vectors ``[N, D]`` as they are, maps
-    ``[N, H, W, D]`` → ``[N, 1, W, D]`` (None: no condition)."""
-    if condition is None or condition.shape.rank == 2:
-        return condition
-    return tf.gather(condition, row, axis=1)[:, None]
 
 
 # -- PixelCNN++ -----------------------------------------------------------------------------

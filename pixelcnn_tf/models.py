@@ -35,9 +35,9 @@ class PixelRNN(tf.Module):
     PixelRNN (multiscale.py): it also takes ``context``, an image ``[B, H/f, W/f, C]``
     in [0, 1] that it may see whole. An unmasked KxK convolution (K =
     ``input_kernel_size``) and ReLU encode it; a stride-f, fxf deconvolution (written as
-    a 1x1 convolution and ``depth_to_space``) up-samples the code to one bias map
-    ``[B, H, W, width]`` per slot, added where the class vectors go (the input features
-    and every layer).
+    a 1x1 convolution and ``depth_to_space``) up-samples the code to ``[B, H, W, 2h]``;
+    a 1x1 projection of it gives one bias map ``[B, H, W, width]`` per slot, added where
+    the class vectors go (the input features and every layer).
     """
 
     def __init__(self, image_shape: Sequence[int], layer_type: str = "pixelcnn",
@@ -86,8 +86,11 @@ class PixelRNN(tf.Module):
                 k, f = input_kernel_size, self.context_factor
                 self.context_conv = Conv2D(2 * hidden_dim, (k, k), (k // 2,) * 4,
                                            init_scale=2.0, name="context_conv")
-                self.context_up = Conv2D(f * f * self._slots * self._condition_width, (1, 1),
-                                         name="context_up")
+                self.context_up = Conv2D(f * f * 2 * hidden_dim, (1, 1), name="context_up")
+                self.context_proj = Conv2D(self._slots * self._condition_width, (1, 1),
+                                           name="context_proj")
+                self.context_proj(tf.zeros([1, 1, 1, 2 * hidden_dim]))  # its variables now:
+                # slot_conditions multiplies by its kernel directly
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
@@ -122,30 +125,52 @@ class PixelRNN(tf.Module):
         → (the input features' bias or None, one condition or None per pixel layer), in
         the compute dtype: per-image class vectors ``[B, width]``, or with a context
         per-position maps ``[B, H, W, width]`` (bias map + class vector)."""
+        return self.slot_conditions(*self.condition_inputs(labels, context))
+
+    def condition_inputs(self, labels: Optional[tf.Tensor],
+                         context: Optional[tf.Tensor] = None):
+        """What the conditions are made of, once per batch: (the class vectors of every
+        slot ``[B, slots, width]`` or None, the context code ``[B, H, W, 2h]`` or None)."""
         if context is not None and not self.context_factor:
             raise ValueError(f"{self.name} takes no context images (context_factor=0)")
         if context is None and self.context_factor:
             raise ValueError(f"{self.name} is the conditional network of a multi-scale "
                              f"model: pass context, the small image [B, H/{self.context_factor}"
                              f", W/{self.context_factor}, C]")
-        slots = None
+        classes = None
         if self.num_classes > 0:
-            slots = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
-                            self.compute_dtype)[:, None, None]  # [B, 1, 1, slots, width]
-        if context is not None:
-            maps = self.context_maps(context)  # [B, H, W, slots, width]
-            slots = maps if slots is None else maps + slots
+            classes = tf.cast(tf.gather(self.class_bias, tf.cast(labels, tf.int32)),
+                              self.compute_dtype)  # [B, slots, width]
+        return classes, None if context is None else self.context_code(context)
+
+    def slot_conditions(self, classes: Optional[tf.Tensor], code: Optional[tf.Tensor]):
+        """(class vectors ``[B, slots, width]`` or None, context code ``[B, ..., 2h]`` or
+        None: the whole map, one row ``[B, 1, W, 2h]`` or one pixel ``[B, 2h]``) → (the
+        input features' bias or None, one condition per pixel layer): class vectors
+        ``[B, width]``, or with a code the bias maps (1x1 projection of the code, + class
+        vector) of the code's positions ``[B, ..., width]``."""
+        slots = classes
+        if code is not None:
+            kernel = tf.cast(self.context_proj.kernel[0, 0], code.dtype)  # [2h, slots·width]
+            maps = (tf.einsum("...c,cd->...d", code, kernel)
+                    + tf.cast(self.context_proj.bias, code.dtype))
+            maps = tf.reshape(maps, tf.concat(
+                [tf.shape(maps)[:-1], [self._slots, self._condition_width]], 0))
+            maps.set_shape(code.shape[:-1].concatenate([self._slots, self._condition_width]))
+            if classes is not None:  # [B, slots, width] → [B, 1, .., 1, slots, width]
+                maps += tf.reshape(classes, [-1] + [1] * (code.shape.rank - 2)
+                                   + [self._slots, self._condition_width])
+            slots = maps
         if slots is None:
             return None, [None] * len(self.pixel_layers)
-        if context is None:
-            slots = slots[:, 0, 0]  # per-image vectors [B, slots, width]
         first = self._first_layer_slot
         conditions = [slots[..., first + i, :] for i in range(len(self.pixel_layers))]
         return (slots[..., 0, :] if first else None), conditions
 
-    def context_maps(self, context: tf.Tensor) -> tf.Tensor:
-        """The small image ``[B, H/f, W/f, C]`` in [0, 1] → bias maps ``[B, H, W, slots,
-        width]``: an unmasked KxK convolution, ReLU, and the fxf stride-f deconvolution."""
+    def context_code(self, context: tf.Tensor) -> tf.Tensor:
+        """The small image ``[B, H/f, W/f, C]`` in [0, 1] → its code at full resolution
+        ``[B, H, W, 2h]``: an unmasked KxK convolution, ReLU, and the fxf stride-f
+        deconvolution (a 1x1 convolution to f·f·2h maps and ``depth_to_space``)."""
         context = tf.convert_to_tensor(context)
         height, width, channels = self.image_shape
         f = self.context_factor
@@ -155,8 +180,7 @@ class PixelRNN(tf.Module):
                              f", got shape {context.shape.as_list()}")
         x = tf.cast(self.preprocess(context), self.compute_dtype)
         code = tf.nn.relu(self.context_conv(x))  # [B, H/f, W/f, 2h]
-        maps = tf.nn.depth_to_space(self.context_up(code), f)  # [B, H, W, slots·width]
-        return tf.reshape(maps, [-1, height, width, self._slots, self._condition_width])
+        return tf.nn.depth_to_space(self.context_up(code), f)  # [B, H, W, 2h]
 
     @staticmethod
     def preprocess(images: tf.Tensor) -> tf.Tensor:

@@ -62,16 +62,20 @@ def test_compression_prints_the_model_codec_against_its_bits_per_dim():
     assert "500 held-out 28x28x1 images" in out
 
 
-def test_equal_time_prints_both_runs_and_the_difference():
-    out = run_benchmark("equal_time.py", "--budget-s", "1", "--n-samples", "1",
+def test_equal_time_prints_every_run_and_the_difference(tmp_path):
+    out = run_benchmark("equal_time.py", "--budget-s", "1", "--n-samples", "2",
                         "--run", "plain=configs/quickstart_gated_pixelcnn.yml",
                         "--run", "dilated=configs/quickstart_gated_pixelcnn.yml",
-                        "--set", "dilated:model.dilations=[1,2,4,8,16]")
+                        "--set", "dilated:model.dilations=[1,2,4,8,16]",
+                        "--run", "multiscale=configs/quickstart_multiscale.yml",
+                        "--samples-dir", str(tmp_path))
     rows = {line.split()[0]: line.split() for line in out.splitlines()
-            if line.strip().startswith(("plain", "dilated"))}
+            if line.strip().startswith(("plain", "dilated", "multiscale"))}
     assert rows["plain"][2] == "+0.0000" and "model.dilations=[1,2,4,8,16]" in out
-    for row in rows.values():
-        assert 0 < float(row[1]) < 8.5 and row[3] == "138,816"
+    for name, row in rows.items():
+        assert 0 < float(row[1]) < 8.5
+        assert row[3] == ("304,576" if name == "multiscale" else "138,816")
+        assert (tmp_path / f"mnist5k_{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_receptive_field_of_the_last_pixel(tmp_path):

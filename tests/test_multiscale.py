@@ -222,3 +222,44 @@ def test_parameter_count_and_errors():
         tiny_config(1, multiscale="{factor: 1}")
     with pytest.raises(ConfigError, match="unknown key model.multiscale.size"):
         tiny_config(1, multiscale="{size: 2}")
+
+
+def context_parameters(config, channels):
+    """The conditional network's context layers: KxK conv (C → 2h), the deconvolution
+    (2h → f·f·2h) and the projection to every slot (2h → slots·width), with biases."""
+    from pixelcnn_tf.blocks import get_pixel_layer
+    m = config.model
+    two_h, k, f = 2 * m.hidden_dim, m.input_kernel_size, m.multiscale["factor"]
+    layer = get_pixel_layer(m.type)
+    slots = int(layer.condition_input) + m.n_layers
+    width = layer.condition_width(m.hidden_dim)
+    return ((k * k * channels + 1) * two_h + (two_h + 1) * f * f * two_h
+            + (two_h + 1) * slots * width)
+
+
+def stated_parameters(path):
+    import re
+    return int(re.search(r"([\d,]+) parameters", open(path).read()).group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("path,one_scale,shape", [
+    ("configs/quickstart_multiscale.yml", "configs/quickstart_gated_pixelcnn.yml", (28, 28, 1)),
+    ("configs/cifar10_multiscale_pixelcnn.yml", "config.yml", (32, 32, 3))])
+def test_config_parameter_counts(path, one_scale, shape):
+    """Built: two one-scale networks plus the context layers, as the config states."""
+    from pixelcnn_tf.config import load_config
+    from pixelcnn_tf.models import count_parameters
+    config = load_config(path)
+    model = build_model(config.model, shape)
+    single = count_parameters(build_model(load_config(one_scale).model, shape))
+    assert count_parameters(model) == 2 * single + context_parameters(config, shape[-1])
+    assert count_parameters(model) == stated_parameters(path)
+
+
+def test_gated_cifar10_config_parameter_count():
+    """Not built (280M parameters): two of configs/cifar10_gated_pixelcnn.yml (133,985,535,
+    as configs/cifar10_gated_pixelcnn.yml states) plus the context layers."""
+    from pixelcnn_tf.config import load_config
+    path = "configs/cifar10_multiscale_gated_pixelcnn.yml"
+    assert stated_parameters(path) == (2 * 133_985_535
+                                       + context_parameters(load_config(path), 3))
