@@ -171,16 +171,20 @@ def test_rgb_model_rejects_widths_not_divisible_by_three():
         build_model(tiny_config(1).model, (4, 4, 3))  # hidden_dim=4 → 2h=8
 
 
-@pytest.mark.parametrize("layer_type", [*sorted(PIXEL_LAYERS), "pixelcnn_pp"])
+@pytest.mark.parametrize("layer_type", [*sorted(PIXEL_LAYERS), "pixelcnn_pp", "multiscale",
+                                        "dilated"])
 def test_bfloat16_compute_for_every_type(layer_type, rng):
-    cfg = (pp_config(3) if layer_type == "pixelcnn_pp"
-           else tiny_config(3, type=layer_type).model)
+    cfg = (pp_config(3) if layer_type == "pixelcnn_pp" else
+           tiny_config(3, type="gated_pixelcnn", multiscale="{factor: 2}").model
+           if layer_type == "multiscale" else
+           tiny_config(3, type="gated_pixelcnn", dilations="[2, 3]").model
+           if layer_type == "dilated" else tiny_config(3, type=layer_type).model)
     tf.random.set_seed(0)
     full = build_model(cfg, (4, 4, 3))
     tf.random.set_seed(0)
     low = build_model(cfg, (4, 4, 3), compute_dtype=tf.bfloat16)
     x = tf.constant(rng.uniform(size=(2, 4, 4, 3)).astype(np.float32))
-    out = low(x)
-    assert out.dtype == tf.float32
+    for out, want in zip(tf.nest.flatten(low(x)), tf.nest.flatten(full(x))):
+        assert out.dtype == tf.float32
+        np.testing.assert_allclose(out.numpy(), want.numpy(), atol=0.1)
     assert all(v.dtype == tf.float32 for v in low.trainable_variables)
-    np.testing.assert_allclose(out.numpy(), full(x).numpy(), atol=0.1)
