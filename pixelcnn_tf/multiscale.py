@@ -30,6 +30,15 @@ def grid_mask(height: int, width: int, factor: int) -> tf.Tensor:
     return rows[:, None] & cols[None, :]
 
 
+def place_on_grid(small: tf.Tensor, values: tf.Tensor, factor: int) -> tf.Tensor:
+    """``values`` ``[B, H, W, ...]`` with pixel (f·a, f·b) replaced by ``small[:, a, b]``
+    (``small``: ``[B, H/f, W/f, ...]``)."""
+    spread = tf.repeat(tf.repeat(small, factor, axis=1), factor, axis=2)  # [B, H, W, ...]
+    grid = grid_mask(values.shape[1], values.shape[2], factor)
+    grid = tf.reshape(grid, [1, *grid.shape] + [1] * (values.shape.rank - 3))
+    return tf.where(grid, spread, values)
+
+
 class MultiScaleDistribution(Distribution):
     """The likelihood of a multi-scale model: parameters are the pair (small network's,
     conditional network's); the NLL of an image is the small image's NLL plus the
@@ -47,11 +56,8 @@ class MultiScaleDistribution(Distribution):
         small_params, large_params = params
         f = self.factor
         images = tf.convert_to_tensor(images)
-        height, width = images.shape[1], images.shape[2]
         small = self.small.nll_per_pixel(small_params, images[:, ::f, ::f])  # [B, H/f, W/f]
-        on_grid = tf.repeat(tf.repeat(small, f, axis=1), f, axis=2)  # [B, H, W]
-        return tf.where(grid_mask(height, width, f)[None], on_grid,
-                        self.large.nll_per_pixel(large_params, images))
+        return place_on_grid(small, self.large.nll_per_pixel(large_params, images), f)
 
 
 class MultiScalePixelRNN(tf.Module):

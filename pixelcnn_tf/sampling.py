@@ -281,13 +281,10 @@ def _multiscale_loop(model_ref, method: str, greedy: bool, conditional: bool):
     loop = _fast_loop if method == "fast" else _naive_loop
     small_loop = loop(weakref.ref(model.small), greedy, conditional, Stage(scale=f))
     large_loop = loop(weakref.ref(model.large), greedy, conditional, Stage(keep_grid=f))
-    height, width, _ = model.image_shape
 
     def sample(images, start, seed, temperature, labels):
         small = small_loop(images[:, ::f, ::f], start, seed, temperature, labels)
-        spread = tf.repeat(tf.repeat(small, f, axis=1), f, axis=2)  # [N, H, W, C]
-        grid = multiscale.grid_mask(height, width, f)[None, :, :, None]
-        images = tf.where(grid, spread, images)
+        images = multiscale.place_on_grid(small, images, f)
         context = tf.cast(small, tf.float32) / 255.0
         return large_loop(images, start, seed, temperature, labels, context)
 
