@@ -86,14 +86,20 @@ def train_for_budget(config_path: str, overrides, budget: float, n_samples: int,
             "sample_s": sorted(repeats)[1], "first_sample_s": first_s}
 
 
+def run_child(script: str, args: list, what: str, env=None) -> dict:
+    """Runs ``script`` (a benchmark's own path) with ``args`` in a fresh process and
+    returns the JSON object it prints last; stops with its stderr when it fails."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    out = subprocess.run([sys.executable, script, *args], env=env, capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def child(args: list) -> dict:
     """Runs this script's ``--child`` mode in a fresh process; returns its JSON result."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *args],
-                         env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"run {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(os.path.abspath(__file__), ["--child", *args], f"run {args}")
 
 
 def main() -> None:

@@ -22,12 +22,12 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10-4660.npz")
+# benchmarks/ (this script's folder): the shared data settings and train-and-score loop
+from equal_time import CIFAR, HELD_OUT, ROOT, run_child, train_for_budget
+
 # Our side: the quickstart PixelCNN++ with these changes per dataset.
 OURS = {
     "mnist5k": ["data.dataset=mnist5k", "data.batch_size=32"],
@@ -38,7 +38,6 @@ OURS = {
 TFP = dict(num_resnet=1, num_hierarchies=3, num_filters=32, num_logistic_mix=5,
            dropout_p=0.3)
 TFP_BATCH = 16
-HELD_OUT = 500
 
 
 def load(dataset: str):
@@ -58,7 +57,6 @@ def load(dataset: str):
 
 
 def run_ours(dataset: str, budget: float, n_samples: int, extra=()) -> dict:
-    from equal_time import train_for_budget  # benchmarks/: the shared train-and-score loop
     overrides = OURS[dataset] + list(extra)
     result = train_for_budget(os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
                               overrides, budget, n_samples)
@@ -119,17 +117,12 @@ def run_tfp(dataset: str, budget: float, n_samples: int, extra=()) -> dict:
 
 def child(side: str, dataset: str, budget: float, n_samples: int, extra=()) -> dict:
     """Runs one side in a fresh process; returns its JSON result."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    if side == "tfp":
-        env["TF_USE_LEGACY_KERAS"] = "1"
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", side,
-                          "--datasets", dataset, "--budget-s", str(budget),
-                          "--n-samples", str(n_samples),
-                          *(f"--{side}-set={e}" for e in extra)],
-                         env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{side} on {dataset} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # TFP needs tf-keras under tf.keras, which would change tf.keras under our trainer.
+    env = {"TF_USE_LEGACY_KERAS": "1"} if side == "tfp" else {}
+    return run_child(os.path.abspath(__file__),
+                     ["--child", side, "--datasets", dataset, "--budget-s", str(budget),
+                      "--n-samples", str(n_samples), *(f"--{side}-set={e}" for e in extra)],
+                     f"{side} on {dataset}", env)
 
 
 def main() -> None:

@@ -42,8 +42,8 @@ class PixelLayer(tf.Module):
         self.dilation = check_dilation(dilation)
         if self.dilation != 1 and not self.dilatable:
             raise ValueError(f"{type(self).__name__} has no dilated form (dilation="
-                             f"{dilation}); dilations apply to the pixelcnn and "
-                             f"gated_pixelcnn types")
+                             f"{dilation}); dilations apply to the "
+                             f"{' and '.join(dilatable_types())} types")
 
     @staticmethod
     def condition_width(hidden_dim: int) -> int:
@@ -83,6 +83,11 @@ def register_pixel_layer(name: str) -> Callable[[Type[PixelLayer]], Type[PixelLa
         return cls
 
     return register
+
+
+def dilatable_types() -> list:
+    """The registered ``model.type`` names whose layers take a dilation rate."""
+    return sorted(name for name, cls in PIXEL_LAYERS.items() if cls.dilatable)
 
 
 def get_pixel_layer(name: str) -> Type[PixelLayer]:

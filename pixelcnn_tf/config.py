@@ -269,9 +269,9 @@ MAX_DILATION = 1024
 
 
 def _check_dilations(model: ModelConfig) -> None:
-    from pixelcnn_tf.blocks import PIXEL_LAYERS
+    from pixelcnn_tf.blocks import dilatable_types  # the registry fills on import
     rates = model.dilations
-    dilatable = sorted(name for name, cls in PIXEL_LAYERS.items() if cls.dilatable)
+    dilatable = dilatable_types()
     if model.type not in dilatable:
         raise ConfigError(f"model.dilations applies to model.type {' and '.join(dilatable)}"
                           f", not {model.type}; remove it (or --set model.dilations=null)")
