@@ -66,6 +66,18 @@ class PixelLayer(tf.Module):
         """This type's state → features ``[B, H, W, 2h]`` for the output layers."""
         return state
 
+    # The fast sampler (incremental.py) evaluates the input layer's masked convolution
+    # at one position and turns its output there into this type's state at the step.
+    @staticmethod
+    def input_masked_conv(input_layer: tf.Module) -> MaskedConv2D:
+        """The masked convolution of the image inside ``make_input``'s layer."""
+        return input_layer
+
+    @staticmethod
+    def step_state(features):
+        """That convolution's output at one position → the state at the step."""
+        return features
+
     def __call__(self, state, condition: Optional[tf.Tensor] = None):
         raise NotImplementedError
 
@@ -222,6 +234,14 @@ class GatedPixelCNNBlock(PixelLayer):
     @staticmethod
     def features(state) -> tf.Tensor:
         return state[1]
+
+    @staticmethod
+    def input_masked_conv(input_layer) -> MaskedConv2D:
+        return input_layer.horizontal
+
+    @staticmethod
+    def step_state(features):
+        return None, features  # the vertical stack comes from the row states
 
     @staticmethod
     def split_conditions(condition: Optional[tf.Tensor], n_colors: int):

@@ -114,6 +114,11 @@ class ModelConfig:
     multiscale: Optional[dict] = None
     # Dropout in pixelcnn_pp's residual blocks while training (the paper: 0.5 on CIFAR-10).
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
+    # pixelsnail: gated residual convolutions per block, then causal self-attention with
+    # num_heads heads of attention_dim query/key/value channels (per colour group).
+    convs_per_block: int = field(default=2, metadata={"min": 1, "max": 64})
+    num_heads: int = field(default=1, metadata={"min": 1, "max": 64})
+    attention_dim: int = field(default=16, metadata={"min": 1, "max": 4096})
 
 
 @dataclass
@@ -256,6 +261,12 @@ def _check_cross_fields(config: Config) -> None:
     if model.dropout > 0 and model.type != "pixelcnn_pp":
         raise ConfigError(f"model.dropout={model.dropout} is used by model.type=pixelcnn_pp "
                           f"only; remove it (or --set model.dropout=0)")
+    if model.type != "pixelsnail":
+        for key in PIXELSNAIL_KEYS:
+            value, default = getattr(model, key), getattr(ModelConfig, key)
+            if value != default:
+                raise ConfigError(f"model.{key}={value} is used by model.type=pixelsnail only;"
+                                  f" remove it (or --set model.{key}={default})")
     if config.data.dataset == "npz" and not config.data.path:
         raise ConfigError("data.path must name an .npz file when data.dataset=npz "
                           "(e.g. --set data.path=images.npz)")
@@ -264,6 +275,8 @@ def _check_cross_fields(config: Config) -> None:
                           f"data.dataset=npz, but data.dataset={config.data.dataset}: add "
                           f"--set data.dataset=npz, or --set data.path=null")
 
+
+PIXELSNAIL_KEYS = ("convs_per_block", "num_heads", "attention_dim")
 
 MAX_DILATION = 1024
 
@@ -299,9 +312,10 @@ def _check_multiscale(model: ModelConfig) -> None:
                           f"to 64 (the small image is x[::factor, ::factor]), e.g. "
                           f"model.multiscale={{factor: 2}}")
     if model.type == "pixelcnn_pp":
-        raise ConfigError("model.multiscale works with the pixel-layer types (pixelcnn, "
-                          "gated_pixelcnn, row_lstm, diagonal_bilstm), not pixelcnn_pp; remove "
-                          "it (or --set model.multiscale=null)")
+        from pixelcnn_tf.blocks import PIXEL_LAYERS
+        raise ConfigError(f"model.multiscale works with the pixel-layer types "
+                          f"({', '.join(sorted(PIXEL_LAYERS))}), not pixelcnn_pp; remove "
+                          f"it (or --set model.multiscale=null)")
 
 
 def config_to_dict(config: Config) -> Dict[str, Dict[str, Any]]:

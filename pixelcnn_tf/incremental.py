@@ -32,11 +32,13 @@ the sampler (sampling.py), the codec (codec.py) and the tests use exactly this A
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, NamedTuple, Optional, Type
 
+import numpy as np
 import tensorflow as tf
 
-from pixelcnn_tf import blocks
+from pixelcnn_tf import attention, blocks
 from pixelcnn_tf.layers import MaskedConv2D
 from pixelcnn_tf.models import PixelRNN
 from pixelcnn_tf.multiscale import MultiScalePixelRNN
@@ -204,6 +206,12 @@ class LayerStep:
 
     def finish_row(self, cache: tuple, x_row, condition: Optional[tf.Tensor]):
         return cache, None
+
+    def record(self, cache: tuple, pixel: tf.Tensor, pos: Position) -> tuple:
+        """After a step's sub-pixels are drawn: ``pixel`` ``[N, C]`` is pixel ``pos`` of
+        the image as drawn so far (preprocessed; colour groups after ``pos.c`` are 0).
+        Layers that read the image itself keep what they need here."""
+        return cache
 
 
 LAYER_STEPS: Dict[Type[blocks.PixelLayer], Type[LayerStep]] = {}
@@ -404,6 +412,99 @@ class DiagonalBiLSTMStep(_RecurrentStep):
         return (in_cache, out_cache, forward, backward, zeros, zeros), out
 
 
+@steps_for(attention.PixelSNAILBlock)
+class PixelSNAILStep(LayerStep):
+    """The gated convolutions at the position, then attention from the one query (colour
+    group c of pixel p = i·W + j) with a key/value cache.
+
+    Cache: the convolutions' caches; the attention input at pixel p so far ``[N, 2h]``
+    (its colour groups <= c; the keys, values and queries of the pixel's own groups come
+    from it); the keys and values of every position ``[H·W, N, heads, dim]`` each, slot
+    p' written by ``record`` from the attention input and the image at p' (rewritten
+    after each colour group, final after the last; a query at p reads slots p' < p only:
+    the later ones are masked, as XLA needs static shapes). A step multiplies its query
+    with the H·W cached keys and values plus the pixel's own G: its attention cost grows
+    linearly with the image's size (O(H·W·heads·dim) per step), so a whole image costs
+    O((H·W)²) where the naive sampler's full passes cost O((H·W)³).
+    """
+
+    def __init__(self, layer, width, dtype):
+        super().__init__(layer, width, dtype)
+        att = layer.attention
+        self.convs = [self.conv(c) for c in layer.convs]
+        self.output = self.conv(att.output)
+        self.height = int(layer.position.shape[0])
+        g, n, d = self.groups, att.num_heads, att.attention_dim
+        self.heads, self.dim = n, d
+
+        def one_by_one(conv):  # a 1x1 (masked) convolution as a matrix and a bias
+            kernel = conv.masked_kernel(dtype) if isinstance(conv, MaskedConv2D) else \
+                tf.cast(conv.kernel, dtype)
+            return kernel[0, 0], tf.cast(conv.bias, dtype)
+
+        self.query, self.key, self.value = (one_by_one(c) for c in (att.query, att.key,
+                                                                    att.value))
+        self.earlier = one_by_one(att.earlier)
+        self.position = tf.cast(layer.position, dtype)  # [H, W, 2h]
+        self.own_bias = attention.mask_bias(attention.own_mask(g), dtype)  # [G, G]
+        self.earlier_bias = attention.mask_bias(np.array([False, True]), dtype)
+        self.scale = tf.cast(1.0 / math.sqrt(d), dtype)
+
+    def initial(self, batch):
+        n, d, length = self.heads, self.dim, self.height * self.width
+        table = tf.zeros(tf.stack([length, batch, n, d]), self.dtype)
+        pixel = tf.zeros(tf.stack([batch, 2 * self.layer.hidden_dim]), self.dtype)
+        return (tuple(c.initial(batch) for c in self.convs), self.output.initial(batch),
+                pixel, table, table)
+
+    def _project(self, pixel, weights):
+        kernel, bias = weights
+        return tf.matmul(pixel, kernel) + bias
+
+    def step(self, cache, x, pos, condition):
+        conv_caches, out_cache, pixel, keys, values = cache
+        s, _ = x  # [N, 2h/G]: colour group c of the stream
+        g, n, d = self.groups, self.heads, self.dim
+        cond = None if condition is None else colour_group(condition, g, pos.c)
+        new_conv_caches = []
+        for conv, conv_cache in zip(self.convs, conv_caches):
+            conv_cache, pre = conv.step(conv_cache, tf.nn.relu(s), pos)
+            s = s + blocks.gate(pre, 1, cond)
+            new_conv_caches.append(conv_cache)
+        a = s + colour_group(self.position[pos.i, pos.j][None], g, pos.c)
+        pixel = with_colour_group(tf.where(pos.c > 0, pixel, tf.zeros_like(pixel)), a,
+                                  pos.c, g)  # [N, 2h]: groups <= c of the pixel
+        batch = tf.shape(a)[0]
+
+        def per_group(weights):  # [N, G, n, d]
+            return tf.reshape(self._project(pixel, weights), [batch, g, n, d])
+
+        q = tf.gather(per_group(self.query), pos.c, axis=1) * self.scale  # [N, n, d]
+        k_own, v_own = per_group(self.key), per_group(self.value)  # [N, G, n, d]
+        # Every slot, the ones at p and after masked (XLA needs static shapes; their
+        # weights are exactly 0): [N, n, L].
+        earlier = tf.range(tf.shape(keys)[0]) < pos.i * self.width + pos.j
+        prev = tf.einsum("bnd,pbnd->bnp", q, keys) + tf.gather(self.earlier_bias, tf.cast(
+            earlier, tf.int32))
+        own = tf.einsum("bnd,bgnd->bng", q, k_own) + tf.gather(self.own_bias, pos.c)
+        w_prev, w_own = attention.two_part_softmax(prev, own)  # [N, n, L], [N, n, G]
+        out = (tf.einsum("bnp,pbnd->bnd", w_prev, values)
+               + tf.einsum("bng,bgnd->bnd", w_own, v_own))  # [N, n, d]
+        out_cache, y = self.output.step(out_cache, tf.reshape(out, [batch, n * d]), pos)
+        return ((tuple(new_conv_caches), out_cache, pixel, keys, values), (s + y, None))
+
+    def record(self, cache, pixel_values, pos):
+        """Keys and values of pixel p from its attention input and its drawn values."""
+        conv_caches, out_cache, pixel, keys, values = cache
+        kv = self._project(tf.concat([pixel, tf.cast(pixel_values, pixel.dtype)], -1),
+                           self.earlier)  # [N, 2·n·d]
+        k, v = (tf.reshape(t, [-1, self.heads, self.dim]) for t in tf.split(kv, 2, -1))
+        where = [[pos.i * self.width + pos.j]]
+        keys = tf.tensor_scatter_nd_update(keys, where, k[None])
+        values = tf.tensor_scatter_nd_update(values, where, v[None])
+        return conv_caches, out_cache, pixel, keys, values
+
+
 # -- the PixelRNN container -----------------------------------------------------------------
 class PixelRNNStepper:
     """A ``models.PixelRNN`` evaluated step by step.
@@ -421,10 +522,8 @@ class PixelRNNStepper:
         self.dtype = tf.as_dtype(dtype or model.compute_dtype)
         self.groups = model.groups
         _, width, _ = model.image_shape
-        image_conv = model.input_conv
-        if isinstance(image_conv, blocks.GatedInput):
-            image_conv = image_conv.horizontal
-        self.input = ConvStep(image_conv, width, self.dtype)
+        self.input = ConvStep(model._layer_cls.input_masked_conv(model.input_conv), width,
+                              self.dtype)
         self.layers = [layer_step(layer, width, self.dtype)
                        for layer in model.pixel_layers]
         self.row_wise = any(step.row_wise for step in self.layers)
@@ -459,10 +558,7 @@ class PixelRNNStepper:
         in_cache, features = self.input.step(in_cache, self._pixel(images, pos.i, pos.j), pos)
         if input_bias is not None:
             features += colour_group(input_bias, self.groups, pos.c)
-        if isinstance(model.input_conv, blocks.GatedInput):
-            state = (None, features)  # the vertical stack comes from the row states
-        else:
-            state = model._layer_cls.initial_state(features)
+        state = model._layer_cls.step_state(features)
         new_caches = []
         for step, layer_cache, condition in zip(self.layers, layer_caches, conditions):
             layer_cache, state = step.step(layer_cache, state, pos, condition)
@@ -474,10 +570,14 @@ class PixelRNNStepper:
                 tf.cast(params, tf.float32))
 
     def record(self, cache: tuple, images: tf.Tensor, pos: Position) -> tuple:
-        """Stores pixel (i, j) of ``images`` (its drawn values) in the input layer's cache."""
-        in_cache, *rest = cache
-        in_cache = self.input.write(in_cache, self._pixel(images, pos.i, pos.j), pos)
-        return (in_cache, *rest)
+        """Stores pixel (i, j) of ``images`` (its drawn values) in the input layer's cache
+        and in the layers that read the image (``LayerStep.record``)."""
+        in_cache, layer_caches, *rest = cache
+        pixel = self._pixel(images, pos.i, pos.j)  # [N, C]
+        in_cache = self.input.write(in_cache, pixel, pos)
+        layer_caches = tuple(step.record(layer_cache, pixel, pos)
+                             for step, layer_cache in zip(self.layers, layer_caches))
+        return (in_cache, layer_caches, *rest)
 
     def finish_row(self, cache: tuple, images: tf.Tensor, row, conditions) -> tuple:
         """Row ``row`` of ``images`` ``[N, H, W, C]`` (in [0, 1]) is final: the row-wise

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from pixelcnn_tf import attention  # noqa: F401  (registers the pixelsnail layer type)
 from pixelcnn_tf.blocks import PIXEL_LAYERS, get_pixel_layer
 from pixelcnn_tf.layers import Conv2D, MaskedConv2D, check_dilation, per_image
 from pixelcnn_tf.likelihood import make_distribution
@@ -31,6 +32,9 @@ class PixelRNN(tf.Module):
     gated PixelCNN's gate projections); it is position-independent, so causality is
     unaffected.
 
+    ``layer_options``: the layer type's own settings, passed to every pixel layer (the
+    pixelsnail type: ``num_heads``, ``attention_dim``, ``convs_per_block``).
+
     With ``context_factor`` f > 0 the model is the conditional network of a Multi-Scale
     PixelRNN (multiscale.py): it also takes ``context``, an image ``[B, H/f, W/f, C]``
     in [0, 1] that it may see whole. An unmasked KxK convolution (K =
@@ -45,7 +49,7 @@ class PixelRNN(tf.Module):
                  kernel_size: int = 3, input_kernel_size: int = 7, num_classes: int = 0,
                  output: str = "categorical", num_mixtures: int = 10,
                  dilations: Optional[Sequence[int]] = None, context_factor: int = 0,
-                 compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
+                 layer_options: Optional[dict] = None, compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
         super().__init__(name=name)
         # Layers compute in compute_dtype (e.g. bfloat16); variables stay float32 and the
         # outputs are returned in float32, so the likelihood runs in float32.
@@ -67,7 +71,7 @@ class PixelRNN(tf.Module):
             self.input_conv = layer_cls.make_input(hidden_dim, groups, input_kernel_size)
             self.pixel_layers = [
                 layer_cls(hidden_dim, groups, kernel_size, dilation=d,
-                          name=f"{layer_type}_{i}")
+                          name=f"{layer_type}_{i}", **(layer_options or {}))
                 for i, d in enumerate(self.dilations)]
             self.output_hidden = MaskedConv2D(out_dim, 1, "B", groups, name="output_hidden")
             self.output_logits = MaskedConv2D(self.distribution.num_params, 1, "B", groups,
@@ -257,6 +261,10 @@ def build_model(model_config, image_shape: Sequence[int],
                         num_classes=model_config.num_classes, output=model_config.output,
                         num_mixtures=model_config.num_mixtures,
                         dilations=model_config.dilations)
+        if model_config.type == "pixelsnail":
+            settings["layer_options"] = dict(
+                num_heads=model_config.num_heads, attention_dim=model_config.attention_dim,
+                convs_per_block=model_config.convs_per_block)
         if model_config.multiscale:
             from pixelcnn_tf.multiscale import MultiScalePixelRNN
             model = MultiScalePixelRNN(image_shape, model_config.multiscale["factor"],

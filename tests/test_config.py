@@ -32,7 +32,7 @@ def test_round_trip_is_plain_yaml(tmp_path):
     (["modle.type=pixelcnn"], "unknown config section 'modle'"),
     (["model.type=transformer"], "model.type='transformer' is not allowed; allowed values: "
                                  "diagonal_bilstm, gated_pixelcnn, pixelcnn, pixelcnn_pp, "
-                                 "row_lstm"),
+                                 "pixelsnail, row_lstm"),
     (["data.dataset=imagenet"], "data.dataset='imagenet' is not allowed; allowed values: "
                                 "cifar10, mnist, fashion_mnist, mnist5k, npz"),
     (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be >= 1"),
@@ -85,7 +85,8 @@ def test_shipped_configs_load():
     import glob
     assert load_config("config.yml").data.dataset == "cifar10"
     assert load_config("configs/quickstart.yml").data.dataset == "mnist5k"
-    for layer_type in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm", "pixelcnn_pp"):
+    for layer_type in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm", "pixelcnn_pp",
+                       "pixelsnail"):
         assert load_config(f"configs/cifar10_{layer_type}.yml").model.type == layer_type
     for path in glob.glob("configs/*.yml"):
         cfg = load_config(path)

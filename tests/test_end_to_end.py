@@ -142,7 +142,8 @@ def test_bfloat16_run_is_evaluated_in_float32(tmp_path):
 @pytest.mark.parametrize("layer_type,output", [
     ("gated_pixelcnn", "categorical"), ("row_lstm", "categorical"),
     ("diagonal_bilstm", "categorical"), ("pixelcnn", "logistic_mixture"),
-    ("pixelcnn_pp", "logistic_mixture")])
+    ("pixelcnn_pp", "logistic_mixture"), ("pixelsnail", "categorical"),
+    ("pixelsnail", "logistic_mixture")])
 def test_every_layer_type_trains_evaluates_and_samples(tmp_path, layer_type, output):
     rng = np.random.default_rng(0)
     npz = tmp_path / "rgb.npz"
@@ -216,7 +217,8 @@ def test_config_error_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: unknown config key 'model.typ'; allowed keys in 'model': type, hidden_dim, "
         "out_dim, n_layers, kernel_size, input_kernel_size, num_classes, output, "
-        "num_mixtures, dilations, multiscale, dropout"]
+        "num_mixtures, dilations, multiscale, dropout, convs_per_block, num_heads, "
+        "attention_dim"]
 
 
 def test_cifar10_offline_fails_fast_with_a_clear_message(tmp_path):
