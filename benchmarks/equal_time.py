@@ -92,6 +92,9 @@ def run_child(script: str, args: list, what: str, env=None) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     out = subprocess.run([sys.executable, script, *args], env=env, capture_output=True,
                          text=True)
+    if out.returncode < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer
+        raise SystemExit(f"{what} was killed by signal {-out.returncode} (9: most likely "
+                         f"out of memory; see dmesg)\n{out.stderr[-3000:]}")
     if out.returncode != 0:
         raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

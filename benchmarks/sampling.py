@@ -1,6 +1,7 @@
 """Naive vs fast (cached) sampling speed, and the FLOP floor.
 
   python benchmarks/sampling.py [--n-images 16] [--naive-steps 24] [--types pixelcnn,...]
+  python benchmarks/sampling.py --types gated_pixelcnn,pixelsnail --step-cost-sizes 8,16,32,64
 
 For the quickstart model (28x28x1) and the CIFAR-10 model (32x32x3) of each type it
 times, after a warm-up, the generation of --n-images images with method="fast" (every
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pixelcnn_tf import build_model, generate_images, load_config  # noqa: E402
+from pixelcnn_tf.attention import CausalSelfAttention  # noqa: E402
 from pixelcnn_tf.layers import Conv2D, MaskedConv2D  # noqa: E402
 from pixelcnn_tf.models import count_parameters  # noqa: E402
 
@@ -49,7 +51,8 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
 def flops_per_image(model) -> float:
     """Per position: 2·(kh//2+1)·kw·C_in·C_out for each masked conv (the rows it can
     see) and 2·kh·kw·C_in·C_out for each unmasked one (vertical stacks, state-to-state
-    convolutions); over H·W positions."""
+    convolutions); over H·W positions; plus each causal attention's products with the
+    earlier positions' keys and values."""
     h, w, _ = model.image_shape
     if not hasattr(model, "pixel_layers"):
         return 0.0  # counted for the PixelRNN container's layers only
@@ -61,7 +64,13 @@ def flops_per_image(model) -> float:
         if isinstance(conv, Conv2D):
             kh, kw, c_in, c_out = conv.kernel.shape
             per_position += 2 * kh * kw * c_in * c_out
-    return float(per_position * h * w)
+    # Causal attention: each query (position, colour group) meets the keys and values of
+    # the positions before it (and its pixel's groups): 2·2·heads·dim per pair.
+    attention = 0
+    for att in (m for m in model.submodules if isinstance(m, CausalSelfAttention)):
+        pairs = att.n_colors * (h * w) * (h * w + 1) // 2
+        attention += 4 * att.num_heads * att.attention_dim * pairs
+    return float(per_position * h * w + attention)
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -102,6 +111,27 @@ def bench(name: str, config_path: str, overrides, image_shape, n: int, naive_ste
         print(f"  FLOP floor: {floor_s:.3f} s; fast is {fast_s / floor_s:.1f}x the floor")
 
 
+def step_cost(types, sizes, n: int) -> None:
+    """Fast-sampler time per step against the image size (HxH, grey) for each type's
+    quickstart config: a constant for convolutional layers, growing with H·W for attention
+    (each step reads the whole key/value cache)."""
+    print(f"\nfast sampler, {n} images, ms per step (= per pixel) by image size:")
+    print("  type          " + "".join(f"{f'{h}x{h}':>10}" for h in sizes)
+          + f"   {sizes[-1]}² / {sizes[0]}²")
+    for layer_type in types:
+        suffix = "" if layer_type == "pixelcnn" else f"_{layer_type}"
+        cfg = load_config(os.path.join(ROOT, "configs", f"quickstart{suffix}.yml"))
+        per_step = []
+        for h in sizes:
+            tf.random.set_seed(0)
+            model = build_model(cfg.model, (h, h, 1))
+            seconds = timed(lambda: generate_images(model, (h, h), n, 1, seed=0,
+                                                    method="fast"))
+            per_step.append(1000 * seconds / (h * h))
+        print(f"  {layer_type:<14}" + "".join(f"{t:10.3f}" for t in per_step)
+              + f"   {per_step[-1] / per_step[0]:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,7 +142,14 @@ def main() -> None:
                         help="comma-separated model types: each is timed with "
                              "configs/quickstart[_TYPE].yml and its CIFAR-10 config "
                              "(config.yml or configs/cifar10_TYPE.yml)")
+    parser.add_argument("--step-cost-sizes", default="",
+                        help="comma-separated image sizes H (HxH grey): time the fast "
+                             "sampler per step at each, for --types, and stop")
     args = parser.parse_args()
+    if args.step_cost_sizes:
+        step_cost(args.types.split(","), [int(h) for h in args.step_cost_sizes.split(",")],
+                  args.n_images)
+        return
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     peak = matmul_flops_per_second()
     print(f"devices: {devices}; matmul throughput {peak / 1e9:.1f} GFLOP/s (2048x2048 fp32)")

@@ -25,7 +25,8 @@ Components: ``ConvStep`` (a MaskedConv2D), one ``LayerStep`` per pixel-layer typ
 ``conditions(labels, context)`` prepares the conditioning once (class vectors; a
 multi-scale conditional network's bias maps), ``step(cache, images, pos, conditions)``
 returns the parameters of the step's output distribution, ``record(cache, images, pos)``
-stores a drawn pixel where the layers reading the image need it, and
+stores a drawn pixel where the layers reading the image need it (the input layer, and
+each ``LayerStep.record``: PixelSNAIL's key/value cache), and
 ``finish_row(cache, images, row, conditions)`` runs once row ``row`` is complete.
 ``walk(model, images, labels, fill, context)`` runs them over every step in raster order;
 the sampler (sampling.py), the codec (codec.py) and the tests use exactly this API.
@@ -209,8 +210,8 @@ class LayerStep:
 
     def record(self, cache: tuple, pixel: tf.Tensor, pos: Position) -> tuple:
         """After a step's sub-pixels are drawn: ``pixel`` ``[N, C]`` is pixel ``pos`` of
-        the image as drawn so far (preprocessed; colour groups after ``pos.c`` are 0).
-        Layers that read the image itself keep what they need here."""
+        the image (preprocessed; its colour groups after ``pos.c`` are not drawn yet and
+        hold any value). Layers that read the image itself keep what they need here."""
         return cache
 
 

@@ -41,6 +41,39 @@ def test_sampling_prints_speed_up():
     assert len(re.findall(r"speed-up fast / naive: [\d.]+x", out)) == 2
 
 
+def test_sampling_step_cost_by_image_size():
+    out = run_benchmark("sampling.py", "--n-images", "1", "--types", "pixelcnn,pixelsnail",
+                        "--step-cost-sizes", "4,6")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("pixel")]
+    assert [r[0] for r in rows] == ["pixelcnn", "pixelsnail"]
+    assert all(len(r) == 4 and r[-1].endswith("x") and float(r[1]) > 0 for r in rows), out
+
+
+def test_attention_flops_count_every_causal_pair():
+    """The sampling benchmark's FLOP floor counts attention: 4·heads·dim per (query,
+    key) pair, the query's own position included, per colour group."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from sampling import flops_per_image
+    from conftest import tiny_config
+    from pixelcnn_tf.models import build_model
+    cfg = tiny_config(3, type="pixelsnail", num_heads=2, attention_dim=5).model
+    with_attention = flops_per_image(build_model(cfg, (4, 3, 3)))
+    for layer in (model := build_model(cfg, (4, 3, 3))).pixel_layers:
+        layer.attention.num_heads = 0  # the convolutions alone
+    assert with_attention - flops_per_image(model) == 2 * 4 * 2 * 5 * 3 * (12 * 13 // 2)
+
+
+def test_attention_memory_prints_training_memory_and_ratio():
+    out = run_benchmark("attention_memory.py", "--config", "configs/quickstart_pixelsnail.yml",
+                        "--baseline", "configs/quickstart_gated_pixelcnn.yml",
+                        "--batch-size", "2", "--steps", "1", "--set", "model.hidden_dim=3",
+                        "--set", "model.out_dim=6", "--set", "model.n_layers=1")
+    lines = [line for line in out.splitlines() if "MiB" in line]
+    assert len(lines) == 2 and "1.00x the baseline" in lines[0], out
+    assert "(pixelsnail" in lines[1] and re.search(r"attention weights computed: \d+ MiB",
+                                                   lines[1])
+
+
 def test_quality_per_compute_prints_held_out_bits_per_dim():
     """Our side only (TFP is a benchmark-only dependency, benchmarks/requirements.txt)."""
     out = run_benchmark("quality_per_compute.py", "--sides", "ours", "--budget-s", "2",
