@@ -80,6 +80,7 @@ class CausalSelfAttention(tf.Module):
                              f"and {attention_dim}")
         self.n_colors, self.num_heads, self.attention_dim = n_colors, num_heads, attention_dim
         width = n_colors * num_heads * attention_dim  # colour groups of [heads, dim]
+        self._mask_biases: dict = {}  # (L, dtype) → the two mask biases
         with self.name_scope:
             self.query = MaskedConv2D(width, 1, "B", n_colors, init_scale=1.0, name="query")
             self.key = MaskedConv2D(width, 1, "B", n_colors, init_scale=1.0, name="key")
@@ -88,6 +89,16 @@ class CausalSelfAttention(tf.Module):
             self.earlier = Conv2D(2 * num_heads * attention_dim, (1, 1), name="earlier_kv")
             self.output = MaskedConv2D(features_out, 1, "B", n_colors, init_scale=1.0,
                                        name="output")
+
+    def mask_biases(self, length: int, dtype: tf.DType):
+        """``mask_bias`` of ``earlier_mask(length)`` and ``own_mask``, built once per
+        sequence length and dtype."""
+        key = (length, tf.as_dtype(dtype).name)
+        if key not in self._mask_biases:
+            with tf.init_scope():  # eager constants, even when first traced in a graph
+                self._mask_biases[key] = (mask_bias(earlier_mask(length), dtype),
+                                          mask_bias(own_mask(self.n_colors), dtype))
+        return self._mask_biases[key]
 
     def heads(self, t: tf.Tensor, groups: int) -> tf.Tensor:
         """``[..., groups·heads·dim]`` → ``[..., groups, heads, dim]``."""
@@ -103,7 +114,7 @@ class CausalSelfAttention(tf.Module):
 
     @tf.Module.with_name_scope
     def __call__(self, a: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-        batch, height, width, _ = a.shape
+        _, height, width, _ = a.shape
         n, g, d = self.num_heads, self.n_colors, self.attention_dim
         length = height * width
         batch = tf.shape(a)[0]
@@ -121,9 +132,9 @@ class CausalSelfAttention(tf.Module):
         q_groups = tf.reshape(tf.transpose(q, [0, 1, 3, 2, 4]), [batch, n, g * length, d])
         prev = tf.reshape(tf.matmul(q_groups, k_prev, transpose_b=True),
                           [batch, n, g, length, length])  # [B, n, G (query), L (q), L (k)]
-        prev += mask_bias(earlier_mask(length), prev.dtype)
-        own = tf.matmul(q, k_own, transpose_b=True)  # [B, n, L, G (query), G (key)]
-        own += mask_bias(own_mask(g), own.dtype)
+        earlier_bias, own_bias = self.mask_biases(length, prev.dtype)
+        prev += earlier_bias
+        own = tf.matmul(q, k_own, transpose_b=True) + own_bias  # [B, n, L, G (q), G (k)]
         w_prev, w_own = two_part_softmax(prev, tf.transpose(own, [0, 1, 3, 2, 4]))
         out = tf.reshape(tf.matmul(tf.reshape(w_prev, [batch, n, g * length, length]),
                                    v_prev), [batch, n, g, length, d])
