@@ -49,7 +49,8 @@ class PixelRNN(tf.Module):
                  kernel_size: int = 3, input_kernel_size: int = 7, num_classes: int = 0,
                  output: str = "categorical", num_mixtures: int = 10,
                  dilations: Optional[Sequence[int]] = None, context_factor: int = 0,
-                 layer_options: Optional[dict] = None, compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
+                 layer_options: Optional[dict] = None,
+                 compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
         super().__init__(name=name)
         # Layers compute in compute_dtype (e.g. bfloat16); variables stay float32 and the
         # outputs are returned in float32, so the likelihood runs in float32.
