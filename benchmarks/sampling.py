@@ -111,6 +111,12 @@ def bench(name: str, config_path: str, overrides, image_shape, n: int, naive_ste
         print(f"  FLOP floor: {floor_s:.3f} s; fast is {fast_s / floor_s:.1f}x the floor")
 
 
+def quickstart_config(layer_type: str) -> str:
+    """configs/quickstart[_TYPE].yml (the pixelcnn one has no suffix)."""
+    suffix = "" if layer_type == "pixelcnn" else f"_{layer_type}"
+    return os.path.join(ROOT, "configs", f"quickstart{suffix}.yml")
+
+
 def step_cost(types, sizes, n: int) -> None:
     """Fast-sampler time per step against the image size (HxH, grey) for each type's
     quickstart config: a constant for convolutional layers, growing with H·W for attention
@@ -119,8 +125,7 @@ def step_cost(types, sizes, n: int) -> None:
     print("  type          " + "".join(f"{f'{h}x{h}':>10}" for h in sizes)
           + f"   {sizes[-1]}² / {sizes[0]}²")
     for layer_type in types:
-        suffix = "" if layer_type == "pixelcnn" else f"_{layer_type}"
-        cfg = load_config(os.path.join(ROOT, "configs", f"quickstart{suffix}.yml"))
+        cfg = load_config(quickstart_config(layer_type))
         per_step = []
         for h in sizes:
             tf.random.set_seed(0)
@@ -154,8 +159,7 @@ def main() -> None:
     peak = matmul_flops_per_second()
     print(f"devices: {devices}; matmul throughput {peak / 1e9:.1f} GFLOP/s (2048x2048 fp32)")
     for layer_type in args.types.split(","):
-        suffix = "" if layer_type == "pixelcnn" else f"_{layer_type}"
-        quick = os.path.join(ROOT, "configs", f"quickstart{suffix}.yml")
+        quick = quickstart_config(layer_type)
         cifar = (os.path.join(ROOT, "config.yml") if layer_type == "pixelcnn"
                  else os.path.join(ROOT, "configs", f"cifar10_{layer_type}.yml"))
         bench(f"quickstart {layer_type} ({os.path.relpath(quick, ROOT)})", quick, [],

@@ -51,7 +51,7 @@ def mask_bias(allowed: np.ndarray, dtype: tf.DType) -> tf.Tensor:
 
 def two_part_softmax(prev: tf.Tensor, own: tf.Tensor):
     """One softmax over the keys of two sets, without joining them (joining and splitting
-    the ``[.., L, L]`` logits cost 3x the rest of the attention's time on CPU): logits
+    the ``[.., L, L]`` logits took more than half of the attention's time on CPU): logits
     ``prev`` ``[..., Kp]`` and ``own`` ``[..., Ko]`` (masks already added) → their
     weights, ``[..., Kp]`` and ``[..., Ko]``."""
     top = tf.stop_gradient(tf.maximum(tf.reduce_max(prev, -1, keepdims=True),

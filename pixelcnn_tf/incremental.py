@@ -438,14 +438,11 @@ class PixelSNAILStep(LayerStep):
         g, n, d = self.groups, att.num_heads, att.attention_dim
         self.heads, self.dim = n, d
 
-        def one_by_one(conv):  # a 1x1 (masked) convolution as a matrix and a bias
-            kernel = conv.masked_kernel(dtype) if isinstance(conv, MaskedConv2D) else \
-                tf.cast(conv.kernel, dtype)
-            return kernel[0, 0], tf.cast(conv.bias, dtype)
+        def one_by_one(conv):  # a masked 1x1 convolution as a matrix and a bias
+            return conv.masked_kernel(dtype)[0, 0], tf.cast(conv.bias, dtype)
 
         self.query, self.key, self.value = (one_by_one(c) for c in (att.query, att.key,
                                                                     att.value))
-        self.earlier = one_by_one(att.earlier)
         self.position = tf.cast(layer.position, dtype)  # [H, W, 2h]
         self.own_bias = attention.mask_bias(attention.own_mask(g), dtype)  # [G, G]
         self.earlier_bias = attention.mask_bias(np.array([False, True]), dtype)
@@ -497,12 +494,11 @@ class PixelSNAILStep(LayerStep):
     def record(self, cache, pixel_values, pos):
         """Keys and values of pixel p from its attention input and its drawn values."""
         conv_caches, out_cache, pixel, keys, values = cache
-        kv = self._project(tf.concat([pixel, tf.cast(pixel_values, pixel.dtype)], -1),
-                           self.earlier)  # [N, 2·n·d]
-        k, v = (tf.reshape(t, [-1, self.heads, self.dim]) for t in tf.split(kv, 2, -1))
+        k, v = self.layer.attention.earlier_keys_values(  # one position: [N, 1, 1, n, d]
+            pixel[:, None, None], pixel_values[:, None, None])
         where = [[pos.i * self.width + pos.j]]
-        keys = tf.tensor_scatter_nd_update(keys, where, k[None])
-        values = tf.tensor_scatter_nd_update(values, where, v[None])
+        keys = tf.tensor_scatter_nd_update(keys, where, k[None, :, 0, 0])
+        values = tf.tensor_scatter_nd_update(values, where, v[None, :, 0, 0])
         return conv_caches, out_cache, pixel, keys, values
 
 
