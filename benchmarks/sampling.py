@@ -2,6 +2,7 @@
 
   python benchmarks/sampling.py [--n-images 16] [--naive-steps 24] [--types pixelcnn,...]
   python benchmarks/sampling.py --types gated_pixelcnn,pixelsnail --step-cost-sizes 8,16,32,64
+  python benchmarks/sampling.py --types pixelcnn_pp --sizes cifar10 --precisions none,bfloat16
 
 For the quickstart model (28x28x1) and the CIFAR-10 model (32x32x3) of each type it
 times, after a warm-up, the generation of --n-images images with method="fast" (every
@@ -12,7 +13,9 @@ steps (completion from a start near the end) and scaled to all of them; the quic
 model is timed over every step. It prints images/s for both, the speed-up, and (for the
 PixelRNN container's types) the floor: the model's FLOPs per image (every masked
 convolution evaluated once at every position, counting the kernel rows a position can
-see) at the machine's measured matmul throughput.
+see) at the machine's measured matmul throughput. --sizes picks the quickstart or the
+CIFAR-10 model alone, --precisions times each in other layer dtypes too (as
+train.mixed_precision; bfloat16 pays on GPUs and AMX CPUs).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from pixelcnn_tf import build_model, generate_images, load_config  # noqa: E402
 from pixelcnn_tf.attention import CausalSelfAttention  # noqa: E402
 from pixelcnn_tf.layers import Conv2D, MaskedConv2D  # noqa: E402
 from pixelcnn_tf.models import count_parameters  # noqa: E402
+from pixelcnn_tf.trainer import COMPUTE_DTYPES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,9 +86,10 @@ def timed(fn, repeats: int = 1) -> float:
 
 
 def bench(name: str, config_path: str, overrides, image_shape, n: int, naive_steps: int,
-          peak: float) -> None:
+          peak: float, precision: str = "none") -> None:
     tf.random.set_seed(0)
-    model = build_model(load_config(config_path, overrides).model, image_shape)
+    model = build_model(load_config(config_path, overrides).model, image_shape,
+                        COMPUTE_DTYPES[precision])
     h, w, c = image_shape
     groups = model.distribution.groups  # steps per pixel: C (categorical) or 1 (mixture)
     total = h * w * groups  # network evaluations of the naive sampler
@@ -102,6 +107,7 @@ def bench(name: str, config_path: str, overrides, image_shape, n: int, naive_ste
         naive_note = f"timed over {naive_steps} of {total} steps, scaled"
     flops = flops_per_image(model)
     print(f"\n{name}: images {image_shape}, {count_parameters(model):,} parameters, "
+          + ("" if precision == "none" else f"{precision} layers, ")
           + (f"{flops / 1e9:.3f} GFLOP per image, " if flops else "") + f"{n} images")
     print(f"  naive: {naive_s:9.2f} s  {n / naive_s:9.3f} images/s  ({naive_note})")
     print(f"  fast:  {fast_s:9.2f} s  {n / fast_s:9.3f} images/s")
@@ -147,6 +153,12 @@ def main() -> None:
                         help="comma-separated model types: each is timed with "
                              "configs/quickstart[_TYPE].yml and its CIFAR-10 config "
                              "(config.yml or configs/cifar10_TYPE.yml)")
+    parser.add_argument("--sizes", default="quickstart,cifar10",
+                        help="which configs of each type: quickstart (28x28x1), cifar10 "
+                             "(32x32x3), or both")
+    parser.add_argument("--precisions", default="none",
+                        help="comma-separated layer dtypes to time each model in, as "
+                             "train.mixed_precision: none (float32), bfloat16, float16")
     parser.add_argument("--step-cost-sizes", default="",
                         help="comma-separated image sizes H (HxH grey): time the fast "
                              "sampler per step at each, for --types, and stop")
@@ -155,6 +167,7 @@ def main() -> None:
         step_cost(args.types.split(","), [int(h) for h in args.step_cost_sizes.split(",")],
                   args.n_images)
         return
+    sizes = args.sizes.split(",")
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     peak = matmul_flops_per_second()
     print(f"devices: {devices}; matmul throughput {peak / 1e9:.1f} GFLOP/s (2048x2048 fp32)")
@@ -162,10 +175,15 @@ def main() -> None:
         quick = quickstart_config(layer_type)
         cifar = (os.path.join(ROOT, "config.yml") if layer_type == "pixelcnn"
                  else os.path.join(ROOT, "configs", f"cifar10_{layer_type}.yml"))
-        bench(f"quickstart {layer_type} ({os.path.relpath(quick, ROOT)})", quick, [],
-              (28, 28, 1), args.n_images, naive_steps=10**9, peak=peak)
-        bench(f"CIFAR-10 {layer_type} ({os.path.relpath(cifar, ROOT)})", cifar, [],
-              (32, 32, 3), args.n_images, naive_steps=args.naive_steps, peak=peak)
+        for precision in args.precisions.split(","):
+            if "quickstart" in sizes:
+                bench(f"quickstart {layer_type} ({os.path.relpath(quick, ROOT)})", quick, [],
+                      (28, 28, 1), args.n_images, naive_steps=10**9, peak=peak,
+                      precision=precision)
+            if "cifar10" in sizes:
+                bench(f"CIFAR-10 {layer_type} ({os.path.relpath(cifar, ROOT)})", cifar, [],
+                      (32, 32, 3), args.n_images, naive_steps=args.naive_steps, peak=peak,
+                      precision=precision)
 
 
 if __name__ == "__main__":

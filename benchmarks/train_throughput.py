@@ -1,14 +1,17 @@
-"""Training throughput (images/s) for the CIFAR-10 PixelCNN shape of config.yml.
+"""Training throughput (images/s) on 32x32x3 batches, for config.yml's CIFAR-10 PixelCNN
+or any config (--config).
 
   python benchmarks/train_throughput.py [--rounds 5] [--steps 3] [--batch-size 16] [--float16]
+  python benchmarks/train_throughput.py --config configs/cifar10_pixelcnn_pp.yml --batch-size 64
 
 Measured in one run, on the same random batch:
-  reference  a straightforward implementation written here the way tutorials do it:
-             Keras layers whose call() multiplies kernel * mask, float32, Keras Adam and a
-             plain @tf.function train step;
+  reference  (model.type pixelcnn only) a straightforward implementation written here the
+             way tutorials do it: Keras layers whose call() multiplies kernel * mask,
+             float32, Keras Adam and a plain @tf.function train step;
   ours fp32  pixelcnn_tf's Trainer.train_step in float32;
   ours bf16  the same with train.mixed_precision=bfloat16 (float16 too with --float16).
-Prints the median images/s of each over interleaved rounds and the ratios to the reference.
+Prints the median images/s of each over interleaved rounds and the ratios to the baseline:
+the reference where there is one, else ours in float32.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from tensorflow import keras  # noqa: E402
 from pixelcnn_tf.config import load_config  # noqa: E402
 from pixelcnn_tf.hardware import cpu_description  # noqa: E402
 from pixelcnn_tf.masks import get_mask  # noqa: E402
+from pixelcnn_tf.models import count_parameters  # noqa: E402
 from pixelcnn_tf.trainer import Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,6 +83,26 @@ def reference_model(cfg):
     return keras.Model(inputs, keras.layers.Reshape((32, 32, 3, 256))(x))
 
 
+REFERENCE = "reference (Keras, kernel*mask, fp32)"
+
+
+def reference_step(cfg):
+    """The tutorial-style model's train step (a tf.function)."""
+    model = reference_model(cfg)
+    optimizer = keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(tf.cast(x, tf.float32) / 255.0)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                tf.cast(x, tf.int32), logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+    return step
+
+
 def wait(out) -> None:
     float(out[0] if isinstance(out, tuple) else out)  # blocks until the step has run
 
@@ -109,43 +133,41 @@ def main() -> None:
                         help="rounds; each times every implementation in turn")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--float16", action="store_true", help="also time float16")
+    parser.add_argument("--config", default=os.path.join(ROOT, "config.yml"),
+                        help="the model to time (default: config.yml's CIFAR-10 PixelCNN)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as train.py's --set (repeatable)")
     args = parser.parse_args()
-    cfg = load_config(os.path.join(ROOT, "config.yml"))
+    cfg = load_config(args.config, args.set)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (args.batch_size, 32, 32, 3)).astype(np.uint8))
     labels = tf.zeros([args.batch_size], tf.int32)
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     print(f"devices: {devices}; {cpu_description()}")
-    print(f"CIFAR-10 PixelCNN (config.yml), batch {args.batch_size}, median of {args.rounds} "
-          f"rounds of {args.steps} steps after 3 warm-up steps")
+    print(f"{cfg.model.type} ({os.path.relpath(args.config, ROOT)}"
+          + "".join(f" --set {o}" for o in args.set) + f"), 32x32x3, batch {args.batch_size}, "
+          f"median of {args.rounds} rounds of {args.steps} steps after 3 warm-up steps")
 
-    model = reference_model(cfg)
-    optimizer = keras.optimizers.Adam(1e-3)
-
-    @tf.function
-    def reference_step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(tf.cast(x, tf.float32) / 255.0)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                tf.cast(x, tf.int32), logits))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    steps = {"reference (Keras, kernel*mask, fp32)": reference_step}
+    steps = {}
+    if cfg.model.type == "pixelcnn":
+        steps[REFERENCE] = reference_step(cfg)
     precisions = ["none", "bfloat16"] + (["float16"] if args.float16 else [])
     with tempfile.TemporaryDirectory() as workdir:
         for precision in precisions:
-            run_cfg = load_config(os.path.join(ROOT, "config.yml"),
-                                  [f"train.mixed_precision={precision}"])
+            run_cfg = load_config(args.config, [*args.set,
+                                                f"train.mixed_precision={precision}"])
             trainer = Trainer(run_cfg, os.path.join(workdir, precision), (32, 32, 3))
+            if precision == "none":
+                print(f"parameters: {count_parameters(trainer.model):,}")
             name = f"ours ({'fp32' if precision == 'none' else precision})"
             steps[name] = trainer.train_step
         results = time_interleaved(steps, (images, labels), args.batch_size, args.rounds,
                                    args.steps)
-    base = results["reference (Keras, kernel*mask, fp32)"]
+    base_name = REFERENCE if REFERENCE in results else "ours (fp32)"
+    base = results[base_name]
+    label = "the reference" if base_name == REFERENCE else base_name
     for name, ips in results.items():
-        print(f"  {name:40s} {ips:8.2f} images/s   {ips / base:5.2f}x the reference")
+        print(f"  {name:40s} {ips:8.2f} images/s   {ips / base:5.2f}x {label}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,19 @@ def test_train_throughput_prints_rates_and_ratios():
                                          if "reference (" in line)
 
 
+def test_train_throughput_of_any_config_is_relative_to_our_float32():
+    """Types other than pixelcnn have no tutorial reference: float32 is the baseline."""
+    out = run_benchmark("train_throughput.py", "--config", "configs/quickstart_pixelcnn_pp.yml",
+                        "--set", "model.hidden_dim=4", "--rounds", "1", "--steps", "1",
+                        "--batch-size", "2")
+    assert "reference" not in out
+    assert "pixelcnn_pp (configs/quickstart_pixelcnn_pp.yml --set model.hidden_dim=4)" in out
+    assert re.search(r"parameters: [\d,]+", out)
+    rates = dict(re.findall(r"ours \((\w+)\)\s+[\d.]+ images/s\s+([\d.]+)x ours \(fp32\)", out))
+    assert set(rates) == {"fp32", "bfloat16"} and rates["fp32"] == "1.00", out
+    assert float(rates["bfloat16"]) > 0
+
+
 def test_input_pipeline_prints_rates_and_ratios():
     out = run_benchmark("input_pipeline.py", "--batches", "5", "--images", "100")
     ratios = re.findall(r"pipeline / training = ([\d,]+)x", out)
@@ -39,6 +52,14 @@ def test_input_pipeline_prints_rates_and_ratios():
 def test_sampling_prints_speed_up():
     out = run_benchmark("sampling.py", "--n-images", "1", "--naive-steps", "2")
     assert len(re.findall(r"speed-up fast / naive: [\d.]+x", out)) == 2
+
+
+def test_sampling_in_several_precisions():
+    out = run_benchmark("sampling.py", "--n-images", "1", "--sizes", "quickstart",
+                        "--precisions", "none,bfloat16")
+    assert "CIFAR-10" not in out
+    assert len(re.findall(r"speed-up fast / naive: [\d.]+x", out)) == 2
+    assert out.count("bfloat16 layers") == 1
 
 
 def test_sampling_step_cost_by_image_size():
