@@ -64,17 +64,19 @@ def train_for_budget(config_path: str, overrides, budget: float, n_samples: int,
         # and the timed sampling for the CPU.
         del batches
         gc.collect()
-        result = trainer.evaluate(data_lib.eval_pipeline(held_out, 100))
-        h, w, c = train.image_shape
-        t = time.perf_counter()
-        generate_images(trainer.model, (h, w), n_samples, c, seed=0, method="fast")  # trace
-        first_s = time.perf_counter() - t
-        repeats = []
-        for seed in (1, 2, 3):  # the median of three calls
+        with trainer.inference_weights():  # the moving averages with train.ema_decay > 0
+            result = trainer.evaluate(data_lib.eval_pipeline(held_out, 100))
+            h, w, c = train.image_shape
             t = time.perf_counter()
-            samples = generate_images(trainer.model, (h, w), n_samples, c, seed=seed,
-                                      method="fast")
-            repeats.append(time.perf_counter() - t)
+            generate_images(trainer.model, (h, w), n_samples, c, seed=0,
+                            method="fast")  # trace
+            first_s = time.perf_counter() - t
+            repeats = []
+            for seed in (1, 2, 3):  # the median of three calls
+                t = time.perf_counter()
+                samples = generate_images(trainer.model, (h, w), n_samples, c, seed=seed,
+                                          method="fast")
+                repeats.append(time.perf_counter() - t)
         if samples_png:
             from pixelcnn_tf.viz import save_grid
             save_grid(samples, samples_png, title=f"{os.path.basename(samples_png)[:-4]}: "

@@ -2,6 +2,12 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The suite checks exact equalities between different computations of the same model
+# (fast == naive sampling, image for image) that hold on the CPU; on a GPU they differ by
+# rounding (TF32, cuDNN's algorithms; README "On a GPU"), so the suite hides GPUs unless
+# PIXELCNN_TF_TEST_GPU=1 (set before TensorFlow is imported, for subprocesses too).
+if os.environ.get("PIXELCNN_TF_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

@@ -132,6 +132,28 @@ def test_equal_time_prints_every_run_and_the_difference(tmp_path):
         assert (tmp_path / f"mnist5k_{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_equal_time_scores_the_moving_averages(monkeypatch):
+    """With train.ema_decay > 0 the held-out score and the samples use the averages, as
+    evaluate.py does (the benchmarks compare runs as a user would score them)."""
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import equal_time
+    from pixelcnn_tf import trainer as trainer_lib
+    seen = []
+
+    def holds_averages(run):
+        return all(np.array_equal(v.numpy(), s.numpy()) for v, s in
+                   zip(run.model.trainable_variables, run.average.shadows))
+
+    evaluate = trainer_lib.Trainer.evaluate
+    monkeypatch.setattr(trainer_lib.Trainer, "evaluate", lambda self, *a, **k: (
+        seen.append(holds_averages(self)), evaluate(self, *a, **k))[1])
+    result = equal_time.train_for_budget(
+        os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
+        ["model.hidden_dim=4", "train.ema_decay=0.5"], budget=0.2, n_samples=1)
+    assert seen == [True] and 0 < result["bits_per_dim"] < 8.5
+
+
 def test_receptive_field_of_the_last_pixel(tmp_path):
     """Rates 1, 2, 4, 8, 16 reach every earlier pixel of a 32x32 image from the last one;
     the plain quickstart networks see 80 (pixelcnn) and 89 (gated) of them."""
