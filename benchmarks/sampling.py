@@ -15,7 +15,7 @@ PixelRNN container's types) the floor: the model's FLOPs per image (every masked
 convolution evaluated once at every position, counting the kernel rows a position can
 see) at the machine's measured matmul throughput. --sizes picks the quickstart or the
 CIFAR-10 model alone, --precisions times each in other layer dtypes too (as
-train.mixed_precision; bfloat16 pays on GPUs and AMX CPUs).
+train.mixed_precision).
 """
 from __future__ import annotations
 
