@@ -49,7 +49,8 @@ def load(dataset: str):
     sys.path.insert(0, ROOT)
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.config import load_config
-    cfg = load_config(None, OURS[dataset] + [f"data.validation_size={HELD_OUT}"])
+    data_settings = [o for o in OURS[dataset] if o.startswith("data.")]  # not our model's
+    cfg = load_config(None, data_settings + [f"data.validation_size={HELD_OUT}"])
 
     def arrays(split):
         import numpy as np
