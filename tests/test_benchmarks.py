@@ -1,4 +1,5 @@
 """The benchmark scripts run (with small settings) and print their figures."""
+import importlib
 import os
 import re
 import subprocess
@@ -8,6 +9,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
+
+
+def benchmark_module(name):
+    """A benchmark script imported as a module (benchmarks/ on the path, as when run)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    return importlib.import_module(name)
 
 
 def run_benchmark(name, *args):
@@ -73,8 +80,7 @@ def test_sampling_step_cost_by_image_size():
 def test_attention_flops_count_every_causal_pair():
     """The sampling benchmark's FLOP floor counts attention: 4·heads·dim per (query,
     key) pair, the query's own position included, per colour group."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from sampling import flops_per_image
+    flops_per_image = benchmark_module("sampling").flops_per_image
     from conftest import tiny_config
     from pixelcnn_tf.models import build_model
     cfg = tiny_config(3, type="pixelsnail", num_heads=2, attention_dim=5).model
@@ -107,9 +113,7 @@ def test_quality_per_compute_prints_held_out_bits_per_dim():
 def test_quality_per_compute_gives_both_sides_the_same_split():
     """The images both sides train on and score (TFP's side reads them through ``load``,
     which takes our data settings, not our model's)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import quality_per_compute
-    train, held_out = quality_per_compute.load("mnist5k")
+    train, held_out = benchmark_module("quality_per_compute").load("mnist5k")
     assert train.shape == (4500, 28, 28, 1) and held_out.shape == (500, 28, 28, 1)
 
 
@@ -142,22 +146,21 @@ def test_equal_time_prints_every_run_and_the_difference(tmp_path):
 
 
 def test_equal_time_scores_the_moving_averages(monkeypatch):
-    """With train.ema_decay > 0 the held-out score and the samples use the averages, as
-    evaluate.py does (the benchmarks compare runs as a user would score them)."""
+    """With train.ema_decay > 0 the held-out score (and the samples, drawn in the same
+    block) use the averages, as evaluate.py does: the benchmarks score runs as a user
+    would."""
     import numpy as np
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import equal_time
     from pixelcnn_tf import trainer as trainer_lib
-    seen = []
-
-    def holds_averages(run):
-        return all(np.array_equal(v.numpy(), s.numpy()) for v, s in
-                   zip(run.model.trainable_variables, run.average.shadows))
-
+    seen = []  # per evaluation: did the model hold the averages?
     evaluate = trainer_lib.Trainer.evaluate
-    monkeypatch.setattr(trainer_lib.Trainer, "evaluate", lambda self, *a, **k: (
-        seen.append(holds_averages(self)), evaluate(self, *a, **k))[1])
-    result = equal_time.train_for_budget(
+
+    def recording_evaluate(self, *args, **kwargs):
+        seen.append(all(np.array_equal(v.numpy(), s.numpy()) for v, s in
+                        zip(self.model.trainable_variables, self.average.shadows)))
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_lib.Trainer, "evaluate", recording_evaluate)
+    result = benchmark_module("equal_time").train_for_budget(
         os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
         ["model.hidden_dim=4", "train.ema_decay=0.5"], budget=0.2, n_samples=1)
     assert seen == [True] and 0 < result["bits_per_dim"] < 8.5
