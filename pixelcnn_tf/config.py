@@ -251,9 +251,6 @@ def config_from_dict(raw: Optional[Mapping[str, Any]]) -> Config:
 
 def _check_cross_fields(config: Config) -> None:
     model = config.model
-    if model.type == "pixelcnn_pp" and model.output != "logistic_mixture":
-        raise ConfigError("model.type=pixelcnn_pp predicts whole pixels (no colour masks): "
-                          "add --set model.output=logistic_mixture")
     if model.dilations is not None:
         _check_dilations(model)
     if model.multiscale is not None:
@@ -422,6 +419,10 @@ def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> N
             raise ConfigError(f"model.multiscale.factor={factor} must divide the image size "
                               f"{height}x{width} (the small image is x[::{factor}, ::{factor}])")
     if model.type == "pixelcnn_pp":
+        if model.output == "categorical" and channels != 1:
+            raise ConfigError(f"model.type=pixelcnn_pp predicts whole pixels (no colour masks): "
+                              f"a categorical output needs grey images, these have {channels} "
+                              f"channels; add --set model.output=logistic_mixture")
         height, width = (int(d) for d in image_shape[:2])
         if height % 4 or width % 4:
             raise ConfigError(f"model.type=pixelcnn_pp halves the image twice: its height and "

@@ -848,7 +848,8 @@ class PixelCNNPPStepper:
 
     def step(self, cache: dict, images: tf.Tensor, pos: Position,
              labels: Optional[tf.Tensor] = None):
-        """→ (cache, the mixture parameters of pixel (i, j) ``[N, P]`` float32).
+        """→ (cache, the distribution parameters of pixel (i, j) ``[N, P]`` float32: the
+        mixture's, or the 256 logits of a grey pixel).
         ``labels``: from ``self.conditions``."""
         model = self.model
         i, j = pos.i, pos.j

@@ -13,8 +13,10 @@ back up, and every down block's output enters the matching up block (U-net style
 ``nr_resnet + 1`` blocks per up stage at H/2 and H). A gated ResNet block is
 x + a·σ(b) with [a | b] = conv(dropout(concat_elu(conv(concat_elu(x)) + 1x1(concat_elu(aux)))))
 (+ a per-class vector), concat_elu(x) = elu([x, -x]). The output 1x1 layer predicts the
-discretized logistic mixture (likelihood.LogisticMixture) of each pixel, which depends
-only on pixels strictly before it (tested by Jacobian from the first step).
+distribution of each pixel, which depends only on pixels strictly before it (tested by
+Jacobian from the first step): the discretized logistic mixture of the paper
+(likelihood.LogisticMixture), or for grey images optionally 256 logits
+(likelihood.Categorical; a pixel is one sub-pixel, so no colour masks are needed).
 
 Differences from the paper's code: plain initialisation (truncated normal, stddev
 sqrt(scale / fan_in), the second convolution of every block scaled down 10x) instead of
@@ -28,7 +30,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from pixelcnn_tf.likelihood import LogisticMixture
+from pixelcnn_tf.likelihood import make_distribution
 from pixelcnn_tf.models import check_image_shape, check_inputs
 
 
@@ -207,7 +209,9 @@ class GatedResnet(tf.Module):
 
 class PixelCNNPlusPlus(tf.Module):
     """The PixelCNN++ network: images ``[B, H, W, C]`` in [0, 1] (H, W multiples of 4)
-    → logistic-mixture parameters ``[B, H, W, P]`` (float32), P = 10·num_mixtures for RGB.
+    → the float32 parameters of ``output``: logistic-mixture parameters ``[B, H, W, P]``
+    (P = 10·num_mixtures for RGB, 3·num_mixtures for grey) or, for grey images only,
+    categorical logits ``[B, H, W, 1, 256]``.
 
     ``filters`` F (the paper: 160), ``blocks_per_stage`` (the paper: 5), ``dropout`` (the
     paper: 0.5 on CIFAR-10; only with ``training=True``). Dropout masks are stateless
@@ -217,6 +221,7 @@ class PixelCNNPlusPlus(tf.Module):
 
     def __init__(self, image_shape: Sequence[int], filters: int = 160,
                  blocks_per_stage: int = 5, num_mixtures: int = 10, dropout: float = 0.0,
+                 output: str = "logistic_mixture",
                  num_classes: int = 0, compute_dtype: tf.DType = tf.float32,
                  seed: int = 0, name: Optional[str] = None):
         super().__init__(name=name)
@@ -227,7 +232,10 @@ class PixelCNNPlusPlus(tf.Module):
                              f"multiples of 4, got {height}x{width}")
         self.n_colors = n_colors
         self.compute_dtype = tf.as_dtype(compute_dtype)
-        self.distribution = LogisticMixture(n_colors, num_mixtures)
+        if output == "categorical" and n_colors != 1:
+            raise ValueError("pixelcnn_pp predicts whole pixels: a categorical output needs "
+                             f"one colour (grey images), got {n_colors}; use logistic_mixture")
+        self.distribution = make_distribution(output, n_colors, num_mixtures)
         self.groups = 1
         self.layer_type = "pixelcnn_pp"
         self.num_classes = int(num_classes)
@@ -307,4 +315,4 @@ class PixelCNNPlusPlus(tf.Module):
                 u = block_u(u, skips_u.pop(), labels, training)
                 ul = block_ul(ul, tf.concat([u, skips_ul.pop()], axis=-1), labels, training)
         params = self.output_layer(tf.nn.elu(ul))  # [B, H, W, P]
-        return tf.cast(params, tf.float32)
+        return self.distribution.to_output(tf.cast(params, tf.float32))

@@ -174,8 +174,6 @@ def test_grey_models_whose_input_kernel_sees_nothing_are_refused():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["model.type=pixelcnn_pp"], "model.type=pixelcnn_pp predicts whole pixels (no colour "
-                                 "masks): add --set model.output=logistic_mixture"),
     (["model.dropout=0.5"], "model.dropout=0.5 is used by model.type=pixelcnn_pp only"),
     (["model.output=softmax"], "model.output='softmax' is not allowed; allowed values: "
                                "categorical, logistic_mixture"),
@@ -197,6 +195,16 @@ def test_mixture_models_need_no_widths_divisible_by_three():
     check_model_fits_images(pp, (28, 28, 1))
     with pytest.raises(ConfigError, match="multiples of 4, got 30x32"):
         check_model_fits_images(pp, (30, 32, 3))
+
+
+def test_pixelcnn_pp_takes_a_categorical_output_for_grey_images_only():
+    pp = load_config(None, ["model.type=pixelcnn_pp"]).model  # output: categorical
+    check_model_fits_images(pp, (28, 28, 1))  # a pixel is one sub-pixel: 256 logits
+    with pytest.raises(ConfigError) as err:
+        check_model_fits_images(pp, (32, 32, 3))
+    assert str(err.value) == ("model.type=pixelcnn_pp predicts whole pixels (no colour masks): "
+                              "a categorical output needs grey images, these have 3 channels; "
+                              "add --set model.output=logistic_mixture")
 
 
 def test_dilations_load_save_and_build(tmp_path):

@@ -66,19 +66,20 @@ def test_dilated_models_are_causal(layer_type, channels, output, dilations):
     assert_causal_without_blind_spots(jac, 1 if output == "categorical" else channels)
 
 
-def pp_config(channels, **kw):
-    return tiny_config(channels, type="pixelcnn_pp", output="logistic_mixture",
+def pp_config(channels, output="logistic_mixture", **kw):
+    return tiny_config(channels, type="pixelcnn_pp", output=output,
                        num_mixtures=2, hidden_dim=4, n_layers=1, **kw).model
 
 
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels,output", [(1, "logistic_mixture"), (3, "logistic_mixture"),
+                                             (1, "categorical")])
 @pytest.mark.parametrize("num_classes", [0, 2])
-def test_pixelcnn_pp_is_causal_from_the_first_step(channels, num_classes):
+def test_pixelcnn_pp_is_causal_from_the_first_step(channels, output, num_classes):
     """An untrained PixelCNN++ (three resolutions): the parameters of pixel (i, j) depend
     on every pixel before it (no blind spot) and on nothing from (i, j) on."""
     tf.random.set_seed(0)
     shape = (8, 8, channels)
-    model = build_model(pp_config(channels, num_classes=num_classes), shape)
+    model = build_model(pp_config(channels, output, num_classes=num_classes), shape)
     labels = None
     if num_classes:
         for block in model.submodules:
@@ -110,6 +111,11 @@ def test_pixelcnn_pp_shapes_and_errors():
     assert model.distribution.groups == 1
     with pytest.raises(ValueError, match="multiples of 4"):
         build_model(pp_config(3), (8, 10, 3))
+    grey = build_model(pp_config(1, "categorical"), (8, 12, 1))
+    assert grey(tf.zeros([2, 8, 12, 1])).shape == (2, 8, 12, 1, 256)
+    assert (grey.distribution.name, grey.distribution.groups) == ("categorical", 1)
+    with pytest.raises(ValueError, match="a categorical output needs one colour"):
+        build_model(pp_config(3, "categorical"), (8, 12, 3))
 
 
 def test_output_shape_and_eager_equals_graph(rng):

@@ -409,3 +409,11 @@ def test_mixture_draws_follow_the_likelihood(kept_red):
         exact = exact / p_red
     assert exact.sum() > 0.98  # the drawn values cover (almost) all of the mass
     assert 0.5 * np.abs(counts / n - exact).sum() < 0.03  # total variation
+
+
+def test_pixelcnn_pp_categorical_on_grey_images_samples_exactly(rng):
+    """pixelcnn_pp's 256-way output (grey images only: a pixel is one sub-pixel): per-step
+    logits equal the full pass, fast == naive, completion and class labels included."""
+    test_step_params_equal_full_pass("pixelcnn_pp", "categorical", 1, 3, rng)
+    test_fast_equals_naive("pixelcnn_pp", "categorical", None, 1)
+    test_fast_completion_equals_naive("pixelcnn_pp", "categorical", None, 1, rng)
