@@ -53,6 +53,7 @@ def train_for_budget(config_path: str, overrides, budget: float, n_samples: int,
     held_out = data_lib.load_split(cfg.data, "validation")
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(cfg, workdir, train.image_shape)
+        trainer.initialize_from_data(train)  # model.weight_norm only; outside the budget
         batches = iter(data_lib.train_pipeline(train, cfg.data.batch_size,
                                                cfg.data.shuffle_buffer, cfg.train.seed))
         trainer.train_step(*next(batches))  # trace outside the budget

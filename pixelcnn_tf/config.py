@@ -114,6 +114,9 @@ class ModelConfig:
     multiscale: Optional[dict] = None
     # Dropout in pixelcnn_pp's residual blocks while training (the paper: 0.5 on CIFAR-10).
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max_exclusive": 1.0})
+    # pixelcnn_pp: weight normalisation with data-dependent initialisation from the first
+    # training batch (the paper's parametrisation).
+    weight_norm: bool = False
     # pixelsnail: gated residual convolutions per block, then causal self-attention with
     # num_heads heads of attention_dim query/key/value channels (per colour group).
     convs_per_block: int = field(default=2, metadata={"min": 1, "max": 64})
@@ -255,6 +258,9 @@ def _check_cross_fields(config: Config) -> None:
         _check_dilations(model)
     if model.multiscale is not None:
         _check_multiscale(model)
+    if model.weight_norm and model.type != "pixelcnn_pp":
+        raise ConfigError(f"model.weight_norm=true is used by model.type=pixelcnn_pp only; "
+                          f"remove it (or --set model.weight_norm=false)")
     if model.dropout > 0 and model.type != "pixelcnn_pp":
         raise ConfigError(f"model.dropout={model.dropout} is used by model.type=pixelcnn_pp "
                           f"only; remove it (or --set model.dropout=0)")

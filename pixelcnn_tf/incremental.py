@@ -618,13 +618,14 @@ class _TwoRowConv:
             raise ValueError(f"{conv.name}: a two-row cache needs a 2-row kernel, got "
                              f"{conv.kernel_size}")
         _, self.left, self.right = conv.padding
-        self.weights = tf.reshape(tf.cast(conv.kernel, dtype), [-1, conv.features_out])
+        kernel = conv.weights(dtype)  # [2, kw, C_in, F]
+        self.c_in = int(kernel.shape[2])
+        self.weights = tf.reshape(kernel, [-1, conv.features_out])
         self.bias = tf.cast(conv.bias, dtype)
 
     def initial(self, batch) -> tf.Tensor:
-        c_in = int(self.conv.kernel.shape[2])
-        return tf.zeros(tf.stack([batch, 2, self.width_in + self.left + self.right, c_in]),
-                        self.dtype)
+        return tf.zeros(tf.stack([batch, 2, self.width_in + self.left + self.right,
+                                  self.c_in]), self.dtype)
 
     def write_row(self, cache, x_row: tf.Tensor, row) -> tf.Tensor:
         """``x_row`` ``[N, 1, W_in, C_in]`` is input row ``row``."""

@@ -253,7 +253,8 @@ def build_model(model_config, image_shape: Sequence[int],
         model = PixelCNNPlusPlus(
             image_shape, filters=2 * model_config.hidden_dim,
             blocks_per_stage=model_config.n_layers, output=model_config.output,
-            num_mixtures=model_config.num_mixtures, dropout=model_config.dropout, num_classes=model_config.num_classes,
+            num_mixtures=model_config.num_mixtures, dropout=model_config.dropout,
+            num_classes=model_config.num_classes, weight_norm=model_config.weight_norm,
             compute_dtype=compute_dtype, seed=seed, name="pixelcnn_pp")
     else:
         settings = dict(hidden_dim=model_config.hidden_dim, out_dim=model_config.out_dim,

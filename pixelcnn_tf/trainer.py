@@ -74,6 +74,11 @@ class WeightAverage(tf.Module):
         for shadow, v in zip(self.shadows, self._variables):
             shadow.assign(d * shadow + (1.0 - d) * v)
 
+    def reset(self) -> None:
+        """The averages start again from the variables' current values."""
+        for shadow, v in zip(self.shadows, self._variables):
+            shadow.assign(v)
+
     @contextlib.contextmanager
     def swapped_in(self):
         """Within this block the variables hold the averages."""
@@ -214,6 +219,26 @@ class ModelRun:
         if self.average is None:
             return contextlib.nullcontext()
         return self.average.swapped_in()
+
+    def initialize_from_data(self, train_split: data_lib.Split) -> bool:
+        """Weight normalisation's data-dependent initialisation (``model.weight_norm``) at
+        step 0: from the first batch of a pipeline seeded with ``train.seed`` (the same
+        batch on every start, and the training batches are not consumed); the moving
+        averages then start from the initialised weights. Returns whether it ran (not
+        for other models, nor once a step has been taken)."""
+        if not getattr(self.model, "weight_norm", False) or self.step > 0:
+            return False
+        cfg = self.config
+        batches = data_lib.train_pipeline(train_split, cfg.data.batch_size,
+                                          cfg.data.shuffle_buffer, cfg.train.seed,
+                                          cfg.data.cache_mb)
+        images, labels = next(iter(batches))
+        with self.strategy.scope():
+            self.model.initialize_from_data(tf.cast(images, tf.float32) / 255.0,
+                                            labels if self.conditional else None)
+            if self.average is not None:
+                self.average.reset()
+        return True
 
     def evaluate(self, dataset: tf.data.Dataset, max_batches: int = 0) -> EvalResult:
         """Exact bits/dim over ``dataset`` (batches of (uint8 images, labels)): the summed
@@ -485,6 +510,7 @@ class Trainer(ModelRun):
         sequence of small periodic actions (log window, checkpoint, validation, samples)."""
         cfg = self.config.train
         self._write_run_files()
+        self.initialize_from_data(train_split)
         train_ds, train_step = self._train_input(train_split)
         val_ds = None
         if val_split is not None and self.is_chief:  # validation and samples: chief only

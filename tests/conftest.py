@@ -50,21 +50,26 @@ TEST_DILATIONS = "[2, 3]"
 
 
 def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0,
-                 output="categorical", dilations=None):
+                 output="categorical", dilations=None, weight_norm=False):
     """A small untrained model with random non-zero biases and class biases (pixelcnn_pp:
-    8x8 images, its three resolutions need multiples of 4)."""
+    8x8 images, its three resolutions need multiples of 4; with ``weight_norm``,
+    initialised from random images first)."""
     import tensorflow as tf
     from pixelcnn_tf.models import build_model
     tf.random.set_seed(seed)
     if layer_type == "pixelcnn_pp":
         cfg = tiny_config(channels, type=layer_type, output=output, num_mixtures=2,
-                          hidden_dim=4, n_layers=1, num_classes=num_classes)
+                          hidden_dim=4, n_layers=1, num_classes=num_classes,
+                          weight_norm=weight_norm)
         shape = (8, 8)
     else:
         extra = {} if dilations is None else {"dilations": dilations}
         cfg = tiny_config(channels, type=layer_type, num_classes=num_classes, kernel_size=3,
                           input_kernel_size=5, output=output, num_mixtures=2, **extra)
     model = build_model(cfg.model, (*shape, channels))
+    if weight_norm:
+        model.initialize_from_data(tf.random.uniform([4, *shape, channels]),
+                                   tf.constant([0, 1, 2, 0]) if num_classes else None)
     for v in model.trainable_variables:  # non-zero biases and class biases everywhere
         if "bias" in v.name or "class" in v.name:
             v.assign(tf.random.normal(v.shape, stddev=0.5))

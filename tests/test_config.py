@@ -175,6 +175,8 @@ def test_grey_models_whose_input_kernel_sees_nothing_are_refused():
 
 @pytest.mark.parametrize("overrides,message", [
     (["model.dropout=0.5"], "model.dropout=0.5 is used by model.type=pixelcnn_pp only"),
+    (["model.weight_norm=true"], "model.weight_norm=true is used by model.type=pixelcnn_pp "
+                                 "only; remove it (or --set model.weight_norm=false)"),
     (["model.output=softmax"], "model.output='softmax' is not allowed; allowed values: "
                                "categorical, logistic_mixture"),
     (["model.num_mixtures=0"], "model.num_mixtures=0 is out of range: it must be >= 1"),

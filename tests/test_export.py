@@ -78,6 +78,7 @@ MULTISCALE = dict(multiscale="{factor: 2}")
 @pytest.mark.parametrize("layer_type,num_classes,model_keys", [
     ("pixelcnn", 0, {}), ("pixelcnn", 2, {}), ("gated_pixelcnn", 2, {}), ("row_lstm", 0, {}),
     ("diagonal_bilstm", 2, {}), ("gated_pixelcnn", 0, MIXTURE), ("pixelcnn_pp", 2, PP),
+    ("pixelcnn_pp", 0, dict(PP, weight_norm=True)),
     ("gated_pixelcnn", 2, MULTISCALE), ("row_lstm", 0, dict(MULTISCALE, **MIXTURE)),
     ("pixelsnail", 2, dict(num_heads=2)), ("pixelsnail", 0, MIXTURE)])
 def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes,

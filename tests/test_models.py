@@ -71,15 +71,22 @@ def pp_config(channels, output="logistic_mixture", **kw):
                        num_mixtures=2, hidden_dim=4, n_layers=1, **kw).model
 
 
-@pytest.mark.parametrize("channels,output", [(1, "logistic_mixture"), (3, "logistic_mixture"),
-                                             (1, "categorical")])
+@pytest.mark.parametrize("channels,output,weight_norm", [
+    (1, "logistic_mixture", False), (3, "logistic_mixture", False), (1, "categorical", False),
+    (3, "logistic_mixture", True)])
 @pytest.mark.parametrize("num_classes", [0, 2])
-def test_pixelcnn_pp_is_causal_from_the_first_step(channels, output, num_classes):
-    """An untrained PixelCNN++ (three resolutions): the parameters of pixel (i, j) depend
-    on every pixel before it (no blind spot) and on nothing from (i, j) on."""
+def test_pixelcnn_pp_is_causal_from_the_first_step(channels, output, weight_norm,
+                                                   num_classes):
+    """An untrained PixelCNN++ (three resolutions; weight-normalised: just initialised
+    from data): the parameters of pixel (i, j) depend on every pixel before it (no blind
+    spot) and on nothing from (i, j) on."""
     tf.random.set_seed(0)
     shape = (8, 8, channels)
-    model = build_model(pp_config(channels, output, num_classes=num_classes), shape)
+    model = build_model(pp_config(channels, output, num_classes=num_classes,
+                                  weight_norm=weight_norm), shape)
+    if weight_norm:
+        model.initialize_from_data(tf.random.uniform([4, *shape]),
+                                   tf.constant([0, 1, 0, 1]) if num_classes else None)
     labels = None
     if num_classes:
         for block in model.submodules:
@@ -116,6 +123,58 @@ def test_pixelcnn_pp_shapes_and_errors():
     assert (grey.distribution.name, grey.distribution.groups) == ("categorical", 1)
     with pytest.raises(ValueError, match="a categorical output needs one colour"):
         build_model(pp_config(3, "categorical"), (8, 12, 3))
+
+
+def test_weight_normalised_layers_match_numpy_and_initialise_from_data(rng):
+    """kernel = g·v/‖v‖ with the norm over every axis but the output channel's (the last
+    for convolutions and 1x1 layers, axis 2 for the transposed convolution); the
+    data-dependent call gives every output channel mean 0 and standard deviation
+    init_scale on its batch, and later calls compute the same function."""
+    from pixelcnn_tf.pixelcnn_pp import Dense, ShiftedConv2D, ShiftedDeconv2D
+    x = tf.constant(rng.normal(3.0, 2.0, size=(4, 6, 8, 5)).astype(np.float32))
+    for layer, out_axis in [
+            (ShiftedConv2D(7, (2, 3), False, init_scale=0.1, weight_norm=True), 3),
+            (ShiftedConv2D(7, (2, 2), True, stride=2, weight_norm=True), 3),
+            (ShiftedDeconv2D(7, True, weight_norm=True), 2), (Dense(7, weight_norm=True), 1)]:
+        layer(x)  # makes the variables
+        scale = rng.uniform(0.5, 2.0, 7).astype(np.float32)
+        layer.scale.assign(scale)
+        v = layer.direction.numpy()
+        axes = tuple(a for a in range(v.ndim) if a != out_axis)
+        want = v / np.sqrt((v ** 2).sum(axes, keepdims=True)) * np.expand_dims(scale, axes)
+        np.testing.assert_allclose(layer.weights().numpy(), want, rtol=1e-5, atol=1e-7)
+        layer.init_pending = True
+        y = layer(x).numpy()
+        assert not layer.init_pending
+        np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-4 * layer.init_scale)
+        np.testing.assert_allclose(y.std(axis=(0, 1, 2)), layer.init_scale, rtol=1e-3)
+        np.testing.assert_allclose(layer(x).numpy(), y, rtol=1e-5, atol=1e-5)
+    constant = Dense(3, weight_norm=True)  # every output equal on the batch: g = init_scale
+    constant(tf.ones([2, 4, 4, 5]))
+    constant.init_pending = True
+    constant(tf.ones([2, 4, 4, 5]))
+    np.testing.assert_array_equal(constant.scale.numpy(), np.ones(3, np.float32))
+    plain = Dense(3)
+    plain(x)
+    plain.init_pending = True
+    with pytest.raises(ValueError, match="needs weight_norm"):
+        plain(x)
+
+
+def test_pixelcnn_pp_initialises_every_layer_from_data():
+    tf.random.set_seed(0)
+    model = build_model(pp_config(3, weight_norm=True, num_classes=2), (8, 8, 3))
+    names = {v.name.split("/")[-1].split(":")[0] for v in model.trainable_variables}
+    assert names == {"direction", "scale", "bias", "class_vector"}
+    x = tf.random.uniform([6, 8, 8, 3])
+    model.initialize_from_data(x, tf.constant([0, 1] * 3))
+    scales = [v for v in model.trainable_variables if "scale" in v.name]
+    assert all(not np.allclose(v.numpy(), 1.0) for v in scales)  # every layer reached
+    params = model(x, tf.constant([0, 1] * 3)).numpy()  # the output layer's outputs
+    np.testing.assert_allclose(params.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(params.std(axis=(0, 1, 2)), 1.0, rtol=1e-3)
+    with pytest.raises(ValueError, match="weight-normalised models"):
+        build_model(pp_config(3), (8, 8, 3)).initialize_from_data(x)
 
 
 def test_output_shape_and_eager_equals_graph(rng):

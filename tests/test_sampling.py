@@ -417,3 +417,17 @@ def test_pixelcnn_pp_categorical_on_grey_images_samples_exactly(rng):
     test_step_params_equal_full_pass("pixelcnn_pp", "categorical", 1, 3, rng)
     test_fast_equals_naive("pixelcnn_pp", "categorical", None, 1)
     test_fast_completion_equals_naive("pixelcnn_pp", "categorical", None, 1, rng)
+
+
+@pytest.mark.parametrize("channels,output", [(3, "logistic_mixture"), (1, "categorical")])
+def test_weight_normalised_pixelcnn_pp_samples_exactly(channels, output, rng):
+    """model.weight_norm (kernels g·v/‖v‖, initialised from data): the fast sampler's
+    per-step parameters equal the full pass and fast == naive."""
+    model = random_model(channels, "pixelcnn_pp", num_classes=3, output=output,
+                         weight_norm=True)
+    x = tf.constant(rng.uniform(size=(2, *model.image_shape)).astype(np.float32))
+    for k, (got, want) in enumerate(zip(*run_steps(model, x, tf.constant([0, 2])))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
+    kwargs = dict(img_dims=(8, 8), n_images=3, n_channels=channels, seed=3, labels=[0, 1, 2])
+    np.testing.assert_array_equal(generate_images(model, method="fast", **kwargs),
+                                  generate_images(model, method="naive", **kwargs))

@@ -185,6 +185,41 @@ def test_weight_average_is_updated_checkpointed_and_swapped_in(tmp_path, batch):
                                   trainer.average.shadows[0].numpy())
 
 
+def test_weight_norm_is_initialised_from_data_once_at_step_0(tmp_path, rng):
+    """model.weight_norm: g and the biases come from the first batch of a train.seed
+    pipeline (the same batch on every start), the moving averages start from them, fit()
+    does it on a fresh run and nothing does it once a step has been taken."""
+    train, val = npz_splits(tmp_path, rng, n=16)
+    cfg = tiny_config(1, type="pixelcnn_pp", output="logistic_mixture", num_mixtures=2,
+                      hidden_dim=4, n_layers=1, weight_norm=True)
+    cfg.train.ema_decay = 0.9
+    cfg.train.steps = 0
+    cfg.data.batch_size = 4
+
+    def values(trainer):
+        return [v.numpy() for v in trainer.model.trainable_variables]
+
+    first = Trainer(cfg, str(tmp_path / "a"), (4, 4, 1))
+    built = values(first)
+    assert first.initialize_from_data(train)
+    initialised = values(first)
+    assert any(not np.array_equal(a, b) for a, b in zip(built, initialised))
+    for shadow, value in zip(first.average.shadows, initialised):
+        np.testing.assert_array_equal(shadow.numpy(), value)
+    fresh = Trainer(cfg, str(tmp_path / "b"), (4, 4, 1))
+    assert fresh.fit(train, val)["step"] == 0  # fit initialises a fresh run
+    for a, b in zip(values(fresh), initialised):
+        np.testing.assert_array_equal(a, b)  # from the same batch
+    cfg.train.steps = 2
+    assert first.fit(train, val)["step"] == 2
+    trained = values(first)
+    resumed = Trainer(cfg, str(tmp_path / "a"), (4, 4, 1))
+    assert resumed.restore() and resumed.step == 2
+    assert not resumed.initialize_from_data(train)
+    for a, b in zip(values(resumed), trained):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_trains_close_to_float32(tmp_path, batch, precision):
     results = {}
