@@ -166,6 +166,24 @@ def test_equal_time_scores_the_moving_averages(monkeypatch):
     assert seen == [True] and 0 < result["bits_per_dim"] < 8.5
 
 
+def test_equal_time_initialises_weight_norm_from_data(monkeypatch):
+    """model.weight_norm: the benchmarks initialise g and the biases from data before
+    the budget starts, as train.py does."""
+    from pixelcnn_tf import trainer as trainer_lib
+    ran = []
+    initialize = trainer_lib.Trainer.initialize_from_data
+
+    def recording_initialize(self, *args, **kwargs):
+        ran.append(self.step)
+        return initialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_lib.Trainer, "initialize_from_data", recording_initialize)
+    result = benchmark_module("equal_time").train_for_budget(
+        os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
+        ["model.hidden_dim=4", "model.weight_norm=true"], budget=0.2, n_samples=1)
+    assert ran == [0] and 0 < result["bits_per_dim"] < 8.5
+
+
 def test_receptive_field_of_the_last_pixel(tmp_path):
     """Rates 1, 2, 4, 8, 16 reach every earlier pixel of a 32x32 image from the last one;
     the plain quickstart networks see 80 (pixelcnn) and 89 (gated) of them."""

@@ -100,7 +100,8 @@ def test_pixelcnn_pp_is_causal_from_the_first_step(channels, output, weight_norm
 def test_pixelcnn_pp_paper_size_and_dropout():
     from pixelcnn_tf.config import load_config
     cfg = load_config("configs/cifar10_pixelcnn_pp.yml").model
-    assert (cfg.hidden_dim * 2, cfg.n_layers, cfg.num_mixtures, cfg.dropout) == (160, 5, 10, 0.5)
+    assert (cfg.hidden_dim * 2, cfg.n_layers, cfg.num_mixtures, cfg.dropout,
+            cfg.weight_norm) == (160, 5, 10, 0.5, True)
     model = build_model(cfg, (32, 32, 3))
     assert count_parameters(model) == PIXELCNN_PP_CIFAR10_PARAMETERS  # stated in the README
     x = tf.random.uniform([2, 32, 32, 3])
@@ -109,7 +110,7 @@ def test_pixelcnn_pp_paper_size_and_dropout():
     np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())  # none otherwise
 
 
-PIXELCNN_PP_CIFAR10_PARAMETERS = 53_618_660
+PIXELCNN_PP_CIFAR10_PARAMETERS = 53_659_080
 
 
 def test_pixelcnn_pp_shapes_and_errors():
