@@ -107,7 +107,7 @@ def test_quality_per_compute_prints_held_out_bits_per_dim():
                         "--datasets", "mnist5k", "--n-samples", "1")
     line = next(line for line in out.splitlines() if line.strip().startswith("ours"))
     bits = float(re.search(r"([\d.]+) bits/dim", line).group(1))
-    assert 0 < bits < 8.5 and "967,503 parameters" in line  # 2 blocks per stage
+    assert 0 < bits < 8.5 and "554,240 parameters" in line  # 2 blocks per stage, F = 24
 
 
 def test_quality_per_compute_gives_both_sides_the_same_split():
