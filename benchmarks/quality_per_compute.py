@@ -32,8 +32,7 @@ from equal_time import CIFAR, HELD_OUT, ROOT, run_child, train_for_budget
 # of the README's tuning table).
 OURS = {
     "mnist5k": ["data.dataset=mnist5k", "model.output=categorical", "model.weight_norm=true",
-                "model.n_layers=2", "model.hidden_dim=12", "model.dropout=0.1",
-                "data.batch_size=8", "train.learning_rate=0.002",
+                "model.n_layers=2", "model.hidden_dim=12", "data.batch_size=8", "train.learning_rate=0.002",
                 "train.lr_decay_rate=0.99995", "train.ema_decay=0.9997"],
     "cifar": ["data.dataset=npz", "data.batch_size=16", "model.num_mixtures=10",
               f"data.path={CIFAR}"],
