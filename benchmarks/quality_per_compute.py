@@ -29,11 +29,12 @@ import time
 from equal_time import CIFAR, HELD_OUT, ROOT, run_child, train_for_budget
 
 # Our side: the quickstart PixelCNN++ with these changes per dataset (mnist5k: the best
-# of the README's tuning table).
+# of the README's MNIST tuning tables).
 OURS = {
     "mnist5k": ["data.dataset=mnist5k", "model.output=categorical", "model.weight_norm=true",
-                "model.n_layers=2", "model.hidden_dim=12", "data.batch_size=8", "train.learning_rate=0.002",
-                "train.lr_decay_rate=0.99995", "train.ema_decay=0.9997"],
+                "model.n_layers=2", "model.hidden_dim=12", "data.batch_size=8",
+                "train.learning_rate=0.002", "train.lr_decay_rate=0.99995",
+                "train.ema_decay=0.9997"],
     "cifar": ["data.dataset=npz", "data.batch_size=16", "model.num_mixtures=10",
               f"data.path={CIFAR}"],
 }
