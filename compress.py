@@ -45,8 +45,8 @@ def main(argv: Sequence[str]) -> int:
     from pixelcnn_tf import codec
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.errors import DataError
-    from pixelcnn_tf.trainer import load_for_inference
-    from pixelcnn_tf.workdir import write_bytes_atomically
+    from pixelcnn_tf.run import load_for_inference
+    from pixelcnn_tf.files import write_bytes_atomically
 
     run = load_for_inference(args.workdir, args.overrides)
     images, labels, names = data_lib.load_image_files(args.images)

@@ -35,7 +35,7 @@ def main(argv: Sequence[str]) -> int:
 
     from pixelcnn_tf import codec
     from pixelcnn_tf import data as data_lib
-    from pixelcnn_tf.trainer import load_for_inference
+    from pixelcnn_tf.run import load_for_inference
 
     with open(args.file, "rb") as f:
         data = f.read()

@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> int:
     _check_args(args)
     cli.import_tensorflow_quietly()
 
-    from pixelcnn_tf.trainer import load_for_inference
+    from pixelcnn_tf.run import load_for_inference
 
     # Exact bits/dim: float32 arithmetic, whatever precision the run trained in.
     overrides = list(args.overrides)

@@ -31,7 +31,7 @@ def main(argv: Sequence[str]) -> int:
 
     from pixelcnn_tf import workdir as workdir_lib
     from pixelcnn_tf.config import load_config
-    from pixelcnn_tf.trainer import is_chief_worker, make_strategy
+    from pixelcnn_tf.devices import is_chief_worker, make_strategy
 
     config = load_config(args.config, args.overrides)
     strategy = make_strategy(config.train.distribute)
@@ -49,7 +49,7 @@ def _run(args, config, strategy) -> int:
     from pixelcnn_tf import workdir as workdir_lib
     from pixelcnn_tf.config import ConfigError
     from pixelcnn_tf.export import export_saved_model
-    from pixelcnn_tf.hardware import local_precision_warning
+    from pixelcnn_tf.devices import local_precision_warning
     from pixelcnn_tf.models import count_parameters
     from pixelcnn_tf.trainer import Trainer
 

@@ -139,7 +139,7 @@ def measure_model(workdir: str, batch_size: int) -> dict:
     from pixelcnn_tf import codec
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.models import count_parameters
-    from pixelcnn_tf.trainer import load_for_inference
+    from pixelcnn_tf.run import load_for_inference
 
     run = load_for_inference(workdir)
     split = data_lib.load_split(run.config.data, "validation")

@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from pixelcnn_tf import data as data_lib  # noqa: E402
 from pixelcnn_tf.config import load_config  # noqa: E402
-from pixelcnn_tf.hardware import cpu_description  # noqa: E402
+from pixelcnn_tf.devices import cpu_description  # noqa: E402
 from pixelcnn_tf.trainer import Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

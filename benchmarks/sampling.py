@@ -33,10 +33,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pixelcnn_tf import build_model, generate_images, load_config  # noqa: E402
-from pixelcnn_tf.attention import CausalSelfAttention  # noqa: E402
-from pixelcnn_tf.layers import Conv2D, MaskedConv2D  # noqa: E402
+from pixelcnn_tf.nn.attention import CausalSelfAttention  # noqa: E402
+from pixelcnn_tf.nn.layers import Conv2D, MaskedConv2D  # noqa: E402
 from pixelcnn_tf.models import count_parameters  # noqa: E402
-from pixelcnn_tf.trainer import COMPUTE_DTYPES  # noqa: E402
+from pixelcnn_tf.devices import compute_dtype  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,7 +89,7 @@ def bench(name: str, config_path: str, overrides, image_shape, n: int, naive_ste
           peak: float, precision: str = "none") -> None:
     tf.random.set_seed(0)
     model = build_model(load_config(config_path, overrides).model, image_shape,
-                        COMPUTE_DTYPES[precision])
+                        compute_dtype(precision))
     h, w, c = image_shape
     groups = model.distribution.groups  # steps per pixel: C (categorical) or 1 (mixture)
     total = h * w * groups  # network evaluations of the naive sampler

@@ -31,8 +31,8 @@ import tensorflow as tf  # noqa: E402
 from tensorflow import keras  # noqa: E402
 
 from pixelcnn_tf.config import load_config  # noqa: E402
-from pixelcnn_tf.hardware import cpu_description  # noqa: E402
-from pixelcnn_tf.masks import get_mask  # noqa: E402
+from pixelcnn_tf.devices import cpu_description  # noqa: E402
+from pixelcnn_tf.nn.masks import get_mask  # noqa: E402
 from pixelcnn_tf.models import count_parameters  # noqa: E402
 from pixelcnn_tf.trainer import Trainer  # noqa: E402
 

@@ -6,8 +6,8 @@ does not import TensorFlow before the command line is parsed.
 import importlib
 
 _EXPORTS = {
-    "get_mask": "pixelcnn_tf.masks",
-    "MaskedConv2D": "pixelcnn_tf.layers",
+    "get_mask": "pixelcnn_tf.nn.masks",
+    "MaskedConv2D": "pixelcnn_tf.nn.layers",
     "load_config": "pixelcnn_tf.config",
     "build_model": "pixelcnn_tf.models",
     "generate_images": "pixelcnn_tf.sampling",

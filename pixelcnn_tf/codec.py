@@ -9,7 +9,7 @@ Exact decoding. The decoder can learn sub-pixel k only after decoding the ones b
 it, so it must run the model one step at a time (the fast sampler's incremental
 evaluation). A full pass would give the encoder the same distributions only up to the
 last bits of float32, and one differing quantized frequency breaks decoding. So both
-sides run the *same* computation: ``incremental.walk`` in one ``tf.function`` on the same
+sides run the *same* computation: ``walk`` (models/base.py) in one ``tf.function`` on the same
 batches (the batch size is in the file), starting from zero images into which each step
 writes its coded values. The encoder's ``fill`` supplies the true values and the
 decoder's the decoded ones; everything the network reads is identical, bit for bit, and
@@ -48,10 +48,10 @@ import constriction
 import numpy as np
 import tensorflow as tf
 
-from pixelcnn_tf import incremental
+from pixelcnn_tf.models.base import has_steps, walk
 from pixelcnn_tf.errors import DataError
 from pixelcnn_tf.likelihood import N_LEVELS
-from pixelcnn_tf.multiscale import MultiScalePixelRNN
+from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
 from pixelcnn_tf.sampling import write_pixel
 
 PRECISION = 24  # frequencies sum to 2^24: constriction's range coder precision
@@ -283,7 +283,7 @@ class _CodingLoop:
             return write_pixel(images, pos.i, pos.j, pixel)
 
         def run(images, labels):
-            return incremental.walk(model_ref(), images,
+            return walk(model_ref(), images,
                                     labels if self.conditional else None, fill)
 
         self.run = tf.function(run, input_signature=[
@@ -298,7 +298,7 @@ def _loop(model) -> _CodingLoop:
     if isinstance(model, MultiScalePixelRNN):
         raise CodecError("multi-scale models (model.multiscale) cannot code images yet: "
                          "compress with a one-scale model")
-    if not incremental.supports(model):
+    if not has_steps(model):
         raise CodecError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
                          f"has no incremental evaluation, which decoding needs")
     if model not in _LOOPS:

@@ -69,13 +69,15 @@ def _choices(values):
 
 
 def _model_types():
-    from pixelcnn_tf.models import model_types  # the pixel-layer registry fills on import
+    from pixelcnn_tf.models import model_types  # the type table (no TensorFlow import)
     return model_types()
 
 
+SAMPLE_METHODS = ("naive", "fast")  # sampling.generate_images(method=...)
+
+
 def _sample_methods():
-    from pixelcnn_tf.sampling import METHODS
-    return tuple(METHODS)
+    return SAMPLE_METHODS
 
 
 @dataclass
@@ -254,22 +256,11 @@ def config_from_dict(raw: Optional[Mapping[str, Any]]) -> Config:
 
 def _check_cross_fields(config: Config) -> None:
     model = config.model
+    _check_type_options(model)
     if model.dilations is not None:
         _check_dilations(model)
     if model.multiscale is not None:
         _check_multiscale(model)
-    if model.weight_norm and model.type != "pixelcnn_pp":
-        raise ConfigError(f"model.weight_norm=true is used by model.type=pixelcnn_pp only; "
-                          f"remove it (or --set model.weight_norm=false)")
-    if model.dropout > 0 and model.type != "pixelcnn_pp":
-        raise ConfigError(f"model.dropout={model.dropout} is used by model.type=pixelcnn_pp "
-                          f"only; remove it (or --set model.dropout=0)")
-    if model.type != "pixelsnail":
-        for key in PIXELSNAIL_KEYS:
-            value, default = getattr(model, key), getattr(ModelConfig, key)
-            if value != default:
-                raise ConfigError(f"model.{key}={value} is used by model.type=pixelsnail only;"
-                                  f" remove it (or --set model.{key}={default})")
     if config.data.dataset == "npz" and not config.data.path:
         raise ConfigError("data.path must name an .npz file when data.dataset=npz "
                           "(e.g. --set data.path=images.npz)")
@@ -279,18 +270,26 @@ def _check_cross_fields(config: Config) -> None:
                           f"--set data.dataset=npz, or --set data.path=null")
 
 
-PIXELSNAIL_KEYS = ("convs_per_block", "num_heads", "attention_dim")
+def _check_type_options(model: ModelConfig) -> None:
+    """Every model key set away from its default must be one the type takes
+    (``models.TYPES``): a key a type would ignore is refused, never ignored."""
+    from pixelcnn_tf.models import type_options, types_taking
+    taken = type_options(model.type)
+    for f in dataclasses.fields(ModelConfig):
+        value = getattr(model, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name not in taken and value != default:
+            raise ConfigError(
+                f"model.{f.name}={_show(value)} is not an option of model.type={model.type} "
+                f"(used by {', '.join(types_taking(f.name))}); remove it (or --set "
+                f"model.{f.name}={'null' if default is None else _show(default)})")
+
 
 MAX_DILATION = 1024
 
 
 def _check_dilations(model: ModelConfig) -> None:
-    from pixelcnn_tf.blocks import dilatable_types  # the registry fills on import
     rates = model.dilations
-    dilatable = dilatable_types()
-    if model.type not in dilatable:
-        raise ConfigError(f"model.dilations applies to model.type {' and '.join(dilatable)}"
-                          f", not {model.type}; remove it (or --set model.dilations=null)")
     if len(rates) != model.n_layers:
         raise ConfigError(f"model.dilations={_show(rates)} must give one rate per pixel layer:"
                           f" model.n_layers={model.n_layers}, got {len(rates)} rates")
@@ -314,11 +313,6 @@ def _check_multiscale(model: ModelConfig) -> None:
         raise ConfigError(f"model.multiscale.factor={_show(factor)} must be an integer from 2 "
                           f"to 64 (the small image is x[::factor, ::factor]), e.g. "
                           f"model.multiscale={{factor: 2}}")
-    if model.type == "pixelcnn_pp":
-        from pixelcnn_tf.blocks import PIXEL_LAYERS
-        raise ConfigError(f"model.multiscale works with the pixel-layer types "
-                          f"({', '.join(sorted(PIXEL_LAYERS))}), not pixelcnn_pp; remove "
-                          f"it (or --set model.multiscale=null)")
 
 
 def config_to_dict(config: Config) -> Dict[str, Dict[str, Any]]:
@@ -408,7 +402,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
 def save_config(config: Config, path: str) -> None:
     """Writes the resolved config as plain YAML (``yaml.safe_dump``: reloadable anywhere),
     atomically."""
-    from pixelcnn_tf.workdir import write_text_atomically
+    from pixelcnn_tf.files import write_text_atomically
     write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 

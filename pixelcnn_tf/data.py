@@ -340,7 +340,7 @@ def save_image_files(path: str, images: np.ndarray, labels: Optional[np.ndarray]
     given, ``labels``) or a folder of PNGs (``names``, or 000000.png, ... in order). Every
     file is written atomically; existing files are replaced only with ``overwrite``.
     Returns what was written, for the user."""
-    from pixelcnn_tf.workdir import write_bytes_atomically
+    from pixelcnn_tf.files import write_bytes_atomically
     if path.lower().endswith(".npz"):
         if os.path.exists(path) and not overwrite:
             raise DataError(f"{path} exists; choose another output or add --force to "

@@ -25,7 +25,7 @@ import tensorflow as tf
 import yaml
 
 from pixelcnn_tf.config import Config, config_to_dict
-from pixelcnn_tf import incremental
+from pixelcnn_tf.models.base import has_steps, unit_images
 from pixelcnn_tf.sampling import get_sampler
 
 SIGNATURES = ("log_prob", "sample", "complete", "serving_default")
@@ -39,7 +39,7 @@ class ExportModule(tf.Module):
         self.model = model
         height, width, channels = model.image_shape
         self.conditional = model.num_classes > 0
-        method = "fast" if incremental.supports(model) else "naive"
+        method = "fast" if has_steps(model) else "naive"
         # Non-trainable variables: saved with the model, readable after loading.
         self.image_shape = tf.Variable(model.image_shape, trainable=False, dtype=tf.int32)
         self.num_classes = tf.Variable(model.num_classes, trainable=False, dtype=tf.int32)
@@ -82,7 +82,7 @@ class ExportModule(tf.Module):
             """uint8 images [N, H, W, C] → bits/dim of each image, float32 [N]."""
             images = conform(images)
             with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
-                inputs = tf.cast(images, tf.float32) / 255.0
+                inputs = unit_images(images)
                 params = model(inputs, labels[0] if labels else None)
             nats = model.distribution.nll_per_image(params, images)
             return {"bits_per_dim": nats / (dims * math.log(2.0))}

@@ -12,8 +12,8 @@ the parameters and wherever it ran.
 
 Methods:
   naive  runs the whole network on the whole image for every step.
-  fast   the incremental evaluation of incremental.py (Ramachandran et al. 2017, "Fast
-         Generation for Convolutional Autoregressive Models"): every layer is evaluated
+  fast   the incremental evaluation of models/base.py (``walk``; Ramachandran et al.
+         2017, "Fast Generation for Convolutional Autoregressive Models"): every layer is evaluated
          only at the current position from caches of earlier steps, and layers whose
          dependence on the rows above goes through a row state update it once per
          completed row. Exact: the same images as naive. Models without an incremental
@@ -29,11 +29,13 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from pixelcnn_tf import incremental, multiscale
-from pixelcnn_tf.incremental import Position
+from pixelcnn_tf.models.base import has_steps, step_position, unit_images, walk
+from pixelcnn_tf.models.multiscale import MultiScalePixelRNN, place_on_grid
+from pixelcnn_tf.nn.layers import Position
+from pixelcnn_tf.config import SAMPLE_METHODS
 from pixelcnn_tf.likelihood import LogisticMixture
 
-METHODS = ("naive", "fast")
+METHODS = SAMPLE_METHODS
 
 log = logging.getLogger(__name__)
 _SAMPLERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -232,8 +234,8 @@ def _naive_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage
         extra = {} if context is None else {"context": context}
 
         def body(k, images):
-            pos = incremental.step_position(k, width, groups)
-            inputs = tf.cast(images, tf.float32) / 255.0  # [N, H, W, C] in [0, 1]
+            pos = step_position(k, width, groups)
+            inputs = unit_images(images)  # [N, H, W, C] in [0, 1]
             params = model(inputs, labels if conditional else None, **extra)
             params = distribution.at(params, pos.i, pos.j, pos.c)
             return k + 1, _draw_step(distribution, params, images, pos, start, seed,
@@ -255,7 +257,7 @@ def _first_step(start: tf.Tensor, channels: int, groups: int) -> tf.Tensor:
 
 def _fast_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage()):
     """``(images, start, seed, temperature, labels, context=None) → images``: one position
-    (and colour group) of every layer per step, through ``incremental.walk``.
+    (and colour group) of every layer per step, through ``walk``.
 
     Steps before ``start`` are run too (to fill the caches) but keep their values.
     """
@@ -265,14 +267,14 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage(
         def draw(params, images, pos):
             return _draw_step(distribution, params, images, pos, start, seed, temperature,
                               greedy, stage)
-        return incremental.walk(model_ref(),  # traced while the caller holds the model
+        return walk(model_ref(),  # traced while the caller holds the model
                                 images, labels if conditional else None, draw, context)
 
     return sample
 
 
 def _multiscale_loop(model_ref, method: str, greedy: bool, conditional: bool):
-    """A ``multiscale.MultiScalePixelRNN``: the small image x[::f, ::f] with its network,
+    """A ``MultiScalePixelRNN``: the small image x[::f, ::f] with its network,
     then the rest of x with the conditional network given the small image (kept), both
     with ``method``'s loop. Sub-pixels before ``start`` are kept in both stages (the small
     image's own: the small network sees nothing else)."""
@@ -284,8 +286,8 @@ def _multiscale_loop(model_ref, method: str, greedy: bool, conditional: bool):
 
     def sample(images, start, seed, temperature, labels):
         small = small_loop(images[:, ::f, ::f], start, seed, temperature, labels)
-        images = multiscale.place_on_grid(small, images, f)
-        context = tf.cast(small, tf.float32) / 255.0
+        images = place_on_grid(small, images, f)
+        context = unit_images(small)
         return large_loop(images, start, seed, temperature, labels, context)
 
     return sample
@@ -294,7 +296,7 @@ def _multiscale_loop(model_ref, method: str, greedy: bool, conditional: bool):
 def get_sampler(model, method: str, greedy: bool, conditional: bool):
     """The cached ``tf.function`` ``(images int32 [N, H, W, C], start, seed int64,
     temperature, labels int32 [N]) → uint8 images`` for ``model`` (one per setting)."""
-    if method == "fast" and not incremental.supports(model):
+    if method == "fast" and not has_steps(model):
         log.warning("model type %r cannot be sampled with cached positions; using the "
                     "naive sampler", getattr(model, "layer_type", type(model).__name__))
         method = "naive"
@@ -304,7 +306,7 @@ def get_sampler(model, method: str, greedy: bool, conditional: bool):
         height, width, channels = model.image_shape
         # The loops hold the model weakly, so the cache entry (whose key is the model)
         # goes away with the model.
-        if isinstance(model, multiscale.MultiScalePixelRNN):
+        if isinstance(model, MultiScalePixelRNN):
             loop = _multiscale_loop(weakref.ref(model), method, greedy, conditional)
         else:
             loop = (_fast_loop if method == "fast" else _naive_loop)(weakref.ref(model),

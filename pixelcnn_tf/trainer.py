@@ -5,9 +5,6 @@ The run directory's layout and rules (lock, checkpoint recovery, resume checks) 
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import math
 import os
 import shutil
@@ -24,27 +21,14 @@ import tensorflow as tf
 from pixelcnn_tf import data as data_lib
 from pixelcnn_tf import viz
 from pixelcnn_tf import workdir as workdir_lib
-from pixelcnn_tf.config import (Config, ConfigError, check_model_fits_images, load_config,
-                                save_config)
+from pixelcnn_tf.config import Config, ConfigError, check_model_fits_images, save_config
+from pixelcnn_tf.devices import compute_dtype, is_chief_worker, make_strategy
 from pixelcnn_tf.errors import TrainingError
-from pixelcnn_tf.likelihood import bits_per_dim
 from pixelcnn_tf.models import build_model, count_parameters
-from pixelcnn_tf.sampling import generate_images
+from pixelcnn_tf.run import ModelRun, WeightAverage
 from pixelcnn_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, SAMPLES_DIR
 
-COMPUTE_DTYPES = {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 LOSS_SCALE_GROWTH_STEPS = 2000
-
-
-@dataclasses.dataclass
-class EvalResult:
-    bits_per_dim: float
-    num_images: int
-    num_dims: int
-    total_nats: float
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def learning_rate_schedule(train_config) -> tf.keras.optimizers.schedules.LearningRateSchedule:
@@ -53,68 +37,6 @@ def learning_rate_schedule(train_config) -> tf.keras.optimizers.schedules.Learni
         train_config.learning_rate, decay_steps=train_config.lr_decay_steps,
         decay_rate=train_config.lr_decay_rate)
 
-
-class WeightAverage(tf.Module):
-    """Exponential moving average of variables, kept in shadow variables (checkpointed).
-
-    shadow ← d·shadow + (1 - d)·value after every optimizer step, with
-    d = min(decay, (1 + step) / (10 + step)) so the first steps are not dominated by the
-    initial weights.
-    """
-
-    def __init__(self, variables, decay: float, name=None):
-        super().__init__(name=name)
-        self.decay = float(decay)
-        self._variables = list(variables)
-        self.shadows = [tf.Variable(v, trainable=False, name="average") for v in variables]
-
-    def update(self, step: tf.Tensor) -> None:
-        step = tf.cast(step, tf.float32)
-        d = tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
-        for shadow, v in zip(self.shadows, self._variables):
-            shadow.assign(d * shadow + (1.0 - d) * v)
-
-    def reset(self) -> None:
-        """The averages start again from the variables' current values."""
-        for shadow, v in zip(self.shadows, self._variables):
-            shadow.assign(v)
-
-    @contextlib.contextmanager
-    def swapped_in(self):
-        """Within this block the variables hold the averages."""
-        backup = [v.numpy() for v in self._variables]
-        for v, shadow in zip(self._variables, self.shadows):
-            v.assign(shadow)
-        try:
-            yield
-        finally:
-            for v, value in zip(self._variables, backup):
-                v.assign(value)
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """``none``: the default (one device). ``mirrored``: MirroredStrategy over every local
-    GPU, or over the logical CPUs when there is no GPU (PIXELCNN_TF_CPU_DEVICES=N makes N).
-    ``multi_worker``: MultiWorkerMirroredStrategy over the machines of ``TF_CONFIG``."""
-    if name == "none":
-        return tf.distribute.get_strategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("train.distribute=multi_worker needs TF_CONFIG describing the "
-                              "workers (see the README), or use train.distribute=mirrored")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
-               or [d.name for d in tf.config.list_logical_devices("CPU")])
-    return tf.distribute.MirroredStrategy(devices)
-
-
-def is_chief_worker(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (
-        not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 class _StopRequest:
@@ -183,137 +105,6 @@ class _BadSteps:
                 f"({grad_norm:.4g}); batch skipped ({self.count}/{self.limit})")
 
 
-class ModelRun:
-    """What evaluation and sampling need of a run: ``model``, ``average`` (or None),
-    ``config``, ``image_shape``, ``conditional`` and ``eval_step``. The Trainer is one;
-    ``load_trained`` makes one from a workdir without an optimizer."""
-
-    model: tf.Module
-    average: Optional["WeightAverage"]
-    config: Config
-    image_shape: tuple
-    conditional: bool
-
-    def _batch_signature(self) -> list:
-        """(uint8 images [B, H, W, C], int32 labels [B]): what every step function takes."""
-        return [tf.TensorSpec([None, *self.image_shape], tf.uint8),
-                tf.TensorSpec([None], tf.int32)]
-
-    def _make_eval_step(self):
-        return tf.function(self._eval_step, input_signature=self._batch_signature())
-
-    def _params(self, images: tf.Tensor, labels: tf.Tensor, training: bool = False
-                ) -> tf.Tensor:
-        """The output distribution's parameters for uint8 ``images`` (``training``: with
-        dropout, for models that have it)."""
-        inputs = tf.cast(images, tf.float32) / 255.0  # uint8 → [0, 1]
-        return self.model(inputs, labels if self.conditional else None, training=training)
-
-    def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """NLL in nats of each image ``[B]``."""
-        return self.model.distribution.nll_per_image(self._params(images, labels), images)
-
-    def inference_weights(self):
-        """Context in which the model holds the weights used for evaluation, sampling and
-        export: the moving averages when ``train.ema_decay > 0``, else the weights."""
-        if self.average is None:
-            return contextlib.nullcontext()
-        return self.average.swapped_in()
-
-    def initialize_from_data(self, train_split: data_lib.Split) -> bool:
-        """Weight normalisation's data-dependent initialisation (``model.weight_norm``) at
-        step 0: from the first batch of a pipeline seeded with ``train.seed`` (the same
-        batch on every start, and the training batches are not consumed); the moving
-        averages then start from the initialised weights. Returns whether it ran (not
-        for other models, nor once a step has been taken)."""
-        if not getattr(self.model, "weight_norm", False) or self.step > 0:
-            return False
-        cfg = self.config
-        batches = data_lib.train_pipeline(train_split, cfg.data.batch_size,
-                                          cfg.data.shuffle_buffer, cfg.train.seed,
-                                          cfg.data.cache_mb)
-        images, labels = next(iter(batches))
-        with self.strategy.scope():
-            self.model.initialize_from_data(tf.cast(images, tf.float32) / 255.0,
-                                            labels if self.conditional else None)
-            if self.average is not None:
-                self.average.reset()
-        return True
-
-    def evaluate(self, dataset: tf.data.Dataset, max_batches: int = 0) -> EvalResult:
-        """Exact bits/dim over ``dataset`` (batches of (uint8 images, labels)): the summed
-        NLL of every sub-pixel of every image / (N·H·W·C·ln 2). ``max_batches=0``: all."""
-        total, count = 0.0, 0
-        for b, (images, labels) in enumerate(dataset):
-            if max_batches and b >= max_batches:
-                break
-            nats = self.eval_step(images, labels).numpy().astype(np.float64)
-            total += float(nats.sum())
-            count += len(nats)
-        if count == 0:
-            raise ValueError("the evaluation dataset is empty")
-        dims = count * int(np.prod(self.image_shape))
-        return EvalResult(bits_per_dim(total, dims), count, dims, total)
-
-    def sample(self, n_images: Optional[int] = None, labels=None) -> np.ndarray:
-        s = self.config.sample
-        n = n_images or s.n_images
-        if self.conditional and labels is None:
-            labels = np.arange(n) % self.config.model.num_classes
-        return generate_images(self.model, self.image_shape[:2], n, self.image_shape[2],
-                               seed=s.seed, temperature=s.temperature, method=s.method,
-                               labels=labels)
-
-
-
-@dataclasses.dataclass
-class TrainedModel(ModelRun):
-    """A run's model restored for evaluation and sampling (no optimizer)."""
-    model: tf.Module
-    average: Optional["WeightAverage"]
-    config: Config
-    image_shape: tuple
-    restored: workdir_lib.Restored
-
-    def __post_init__(self):
-        self.conditional = self.config.model.num_classes > 0
-        self.eval_step = self._make_eval_step()
-
-    @property
-    def step(self) -> int:
-        return workdir_lib.checkpoint_step(self.restored.path)
-
-
-def load_trained(config: Config, workdir: str, image_shape: Sequence[int]) -> TrainedModel:
-    """Builds the model of ``config`` and restores the newest checkpoint of ``workdir`` that
-    restores completely (damaged newer ones are skipped and named, never moved: a run may
-    be training there). Raises ConfigError when there is none."""
-    image_shape = tuple(int(d) for d in image_shape)
-    check_model_fits_images(config.model, image_shape)
-    model = build_model(config.model, image_shape, COMPUTE_DTYPES[config.train.mixed_precision])
-    parts = {}
-    average = None
-    if config.train.ema_decay > 0:
-        average = WeightAverage(model.trainable_variables, config.train.ema_decay)
-        parts["average"] = average
-    checkpoint = tf.train.Checkpoint(model=model, **parts)
-    restored = workdir_lib.restore_newest(checkpoint, workdir, move_aside=False, partial=True)
-    if restored is None:
-        raise ConfigError(f"{workdir} has no checkpoint; train first with train.py "
-                          f"--workdir {workdir}")
-    return TrainedModel(model, average, config, image_shape, restored)
-
-
-def load_for_inference(workdir: str, overrides: Sequence[str] = ()) -> TrainedModel:
-    """The run in ``workdir`` restored for exact evaluation, sampling and coding: its
-    config (with ``overrides``) in float32 arithmetic on the float32 weights, whatever
-    precision it trained in (a later ``train.mixed_precision=...`` override trades that
-    for speed)."""
-    info = workdir_lib.read_model_info(workdir)
-    config = load_config(os.path.join(workdir, CONFIG_FILE),
-                         ["train.mixed_precision=none", *overrides])
-    return load_trained(config, workdir, info["image_shape"])
-
 
 class Trainer(ModelRun):
     """Owns a model, its Adam optimizer with an exponential-decay schedule, a
@@ -335,7 +126,7 @@ class Trainer(ModelRun):
             raise ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by "
                               f"the {replicas} replicas of train.distribute="
                               f"{config.train.distribute}")
-        self.compute_dtype = COMPUTE_DTYPES[config.train.mixed_precision]
+        self.compute_dtype = compute_dtype(config.train.mixed_precision)
         self.conditional = config.model.num_classes > 0
         with self.strategy.scope():  # variables mirrored on every replica when distributed
             self.model = build_model(config.model, self.image_shape, self.compute_dtype,
@@ -633,3 +424,4 @@ class Trainer(ModelRun):
             f.write(png)
         with writer.as_default(step=step):
             tf.summary.image("samples", tf.image.decode_png(png)[None], step=step)
+

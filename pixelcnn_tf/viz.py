@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pixelcnn_tf.masks import get_mask
+from pixelcnn_tf.nn.masks import get_mask
 
 COLOUR_NAMES = {1: ("grey",), 3: ("R", "G", "B")}
 

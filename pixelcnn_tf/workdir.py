@@ -1,5 +1,5 @@
 """The run directory: its layout, the lock, checkpoint discovery and recovery, the resume
-rules, atomic writes, leftovers and the disk-space check. Every rule about a workdir
+rules, leftovers and the disk-space check. Every rule about a workdir
 lives here; train.py, evaluate.py and the Trainer call into it.
 
 Layout::
@@ -26,7 +26,9 @@ import shutil
 import socket
 from typing import List, Optional, Sequence, Tuple
 
+from pixelcnn_tf.config import config_to_dict, read_yaml
 from pixelcnn_tf.errors import ConfigError
+from pixelcnn_tf.files import PARTIAL_SUFFIX, write_text_atomically
 
 CONFIG_FILE = "config.yml"
 MODEL_INFO_FILE = "model_info.json"
@@ -39,30 +41,11 @@ LOCK_FILE = ".lock"
 # (or out of disk) while writing them leaves them behind; the next run removes them.
 STAGING_PREFIXES = (".saved_model_", ".assets_")
 _CHECKPOINT_TEMP = re.compile(r"^ckpt-\d+_temp(_[0-9a-f]+)?$")
-_PARTIAL = re.compile(r"^.+\.\d+\.partial$")  # write_bytes_atomically's temporaries
+_PARTIAL = re.compile(r"^.+\.\d+" + re.escape(PARTIAL_SUFFIX) + "$")  # files.py's temporaries
 _CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
-# -- files -----------------------------------------------------------------------------------
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see the old or the new file, never half."""
-    partial = f"{path}.{os.getpid()}.partial"
-    try:
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    """``write_bytes_atomically`` for text (UTF-8)."""
-    write_bytes_atomically(path, text.encode("utf-8"))
-
-
+# -- the directory ---------------------------------------------------------------------------
 def ensure_writable(path: str) -> None:
     """Creates ``path`` if needed and checks that this process can write into it."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -108,7 +91,6 @@ def write_model_info(workdir: str, image_shape: Sequence[int], num_classes: int,
 
 def check_resume_compatible(workdir: str, config) -> None:
     """Refuses to resume a run whose saved model settings differ from ``config``."""
-    from pixelcnn_tf.config import config_to_dict, read_yaml
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return

@@ -33,9 +33,8 @@ def rng():
 
 # Every model with an incremental evaluation: (layer type, output) pairs and pixelcnn_pp.
 def _cacheable():
-    from pixelcnn_tf import blocks, incremental
-    return sorted(name for name, cls in blocks.PIXEL_LAYERS.items()
-                  if cls in incremental.LAYER_STEPS)
+    from pixelcnn_tf.models import pixel_layer, pixel_layer_types
+    return sorted(name for name in pixel_layer_types() if pixel_layer(name).Step is not None)
 
 
 CACHEABLE = _cacheable()
@@ -47,6 +46,16 @@ VARIANTS.append(("pixelcnn_pp", "logistic_mixture"))
 DILATED = [(t, o) for t in ("gated_pixelcnn", "pixelcnn") for o in ("categorical",
                                                                     "logistic_mixture")]
 TEST_DILATIONS = "[2, 3]"
+
+
+def model_with_layer(layer_cls, channels, shape, **model):
+    """A ``PixelRNN`` with a pixel-layer class that is not a registered type (a test's
+    faulty or step-less variant), from ``tiny_config(channels, **model)``."""
+    from pixelcnn_tf.models.pixel_rnn import PixelRNN
+    model = PixelRNN.from_config(layer_cls, tiny_config(channels, **model).model,
+                                 (*shape, channels))
+    model(np.zeros([1, *shape, channels], np.float32))  # its variables, now
+    return model
 
 
 def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), seed=0,

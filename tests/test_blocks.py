@@ -4,10 +4,13 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from pixelcnn_tf.blocks import (DiagonalBiLSTMBlock, GatedPixelCNNBlock, PixelCNNBlock,
-                                RowLSTMBlock, skew, unskew)
-from pixelcnn_tf.masks import get_mask
-from pixelcnn_tf.models import PixelRNN, build_model
+from pixelcnn_tf.models import build_model
+from pixelcnn_tf.models.diagonal_bilstm import DiagonalBiLSTMBlock, skew, unskew
+from pixelcnn_tf.models.gated_pixelcnn import GatedPixelCNNBlock
+from pixelcnn_tf.models.pixel_rnn import PixelRNN
+from pixelcnn_tf.models.pixelcnn import PixelCNNBlock
+from pixelcnn_tf.models.row_lstm import RowLSTMBlock
+from pixelcnn_tf.nn.masks import get_mask
 from test_layers import numpy_masked_conv
 
 
@@ -173,7 +176,7 @@ def test_dilated_gated_block_matches_numpy(x, rng):
 
 def test_gated_input_layer():
     """Vertical: unmasked (K//2+1) x K over rows i-K//2..i; horizontal: 1 x K mask A."""
-    from pixelcnn_tf.blocks import GatedInput
+    from pixelcnn_tf.models.gated_pixelcnn import GatedInput
     gen = np.random.default_rng(1)
     x = gen.normal(size=(2, 5, 6, 3)).astype(np.float32)
     layer = GatedInput(3, 3, 5)
@@ -322,9 +325,9 @@ def test_only_pixelcnn_and_gated_layers_dilate():
     with pytest.raises(ValueError, match="has no dilated form"):
         RowLSTMBlock(3, 1, dilation=2)
     with pytest.raises(ValueError, match="one rate per pixel layer"):
-        PixelRNN((4, 4, 1), n_layers=2, dilations=[1, 2, 3])
+        PixelRNN((4, 4, 1), PixelCNNBlock, n_layers=2, dilations=[1, 2, 3])
     with pytest.raises(ValueError, match="has no dilated form"):
-        PixelRNN((4, 4, 1), "diagonal_bilstm", n_layers=2, dilations=[1, 2])
+        PixelRNN((4, 4, 1), DiagonalBiLSTMBlock, n_layers=2, dilations=[1, 2])
 
 
 def test_diagonal_bilstm_sees_whole_rows_above():
@@ -349,19 +352,17 @@ def test_row_lstm_field_is_a_triangle():
 
 
 # -- the faults of the common TF1 PixelRNN port are caught -----------------------------------
-from pixelcnn_tf import blocks  # noqa: E402
+from conftest import model_with_layer  # noqa: E402
+from pixelcnn_tf.models import row_lstm  # noqa: E402
+from pixelcnn_tf.nn.layers import split_colour_groups  # noqa: E402
 from test_models import raster_jacobian  # noqa: E402
 
 
 def future_dependence(layer_cls, channels=3):
     """Largest |d output / d input| at or after the output's own sub-pixel."""
-    blocks.PIXEL_LAYERS["test_faulty"] = layer_cls
-    try:
-        tf.random.set_seed(0)
-        model = build_model(tiny_config(channels, type="test_faulty").model, (4, 4, channels))
-        jac = raster_jacobian(model, (4, 4, channels))
-    finally:
-        del blocks.PIXEL_LAYERS["test_faulty"]
+    tf.random.set_seed(0)
+    model = model_with_layer(layer_cls, channels, (4, 4))
+    jac = raster_jacobian(model, (4, 4, channels))
     return jac[np.triu(np.ones(jac.shape, bool))].max()
 
 
@@ -372,11 +373,11 @@ def test_correct_layers_have_no_future_dependence():
 
 def test_sigmoid_candidate_gate_is_caught(x, monkeypatch):
     def sigmoid_g(gates, cell, n_colors):  # the fault: g through a sigmoid
-        i, f, o, g = blocks.split_colour_groups(gates, n_colors, 4)
+        i, f, o, g = split_colour_groups(gates, n_colors, 4)
         cell = tf.sigmoid(f) * cell + tf.sigmoid(i) * tf.sigmoid(g)
         return tf.sigmoid(o) * tf.tanh(cell), cell
 
-    monkeypatch.setattr(blocks, "lstm_update", sigmoid_g)
+    monkeypatch.setattr(row_lstm, "lstm_update", sigmoid_g)
     with pytest.raises(AssertionError):
         test_row_lstm_matches_numpy(x)
 

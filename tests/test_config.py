@@ -53,7 +53,16 @@ def test_round_trip_is_plain_yaml(tmp_path):
     (["model.dilations=[1, 2, true, 1, 1]"], "got True"),
     (["model.dilations=2"], "model.dilations=2 has the wrong type: expected list"),
     (["model.dilations=[1, 2, 1, 1, 1]", "model.type=row_lstm"],
-     "model.dilations applies to model.type gated_pixelcnn and pixelcnn, not row_lstm"),
+     "model.dilations=[1, 2, 1, 1, 1] is not an option of model.type=row_lstm (used by "
+     "gated_pixelcnn, pixelcnn); remove it (or --set model.dilations=null)"),
+    (["model.type=pixelcnn_pp", "model.kernel_size=5"],
+     "model.kernel_size=5 is not an option of model.type=pixelcnn_pp"),
+    (["model.type=pixelcnn_pp", "model.out_dim=32"],
+     "model.out_dim=32 is not an option of model.type=pixelcnn_pp"),
+    (["model.type=diagonal_bilstm", "model.kernel_size=5"],
+     "model.kernel_size=5 is not an option of model.type=diagonal_bilstm"),
+    (["model.type=pixelcnn_pp", "model.multiscale={factor: 2}"],
+     "model.multiscale={'factor': 2} is not an option of model.type=pixelcnn_pp"),
 ])
 def test_errors_name_the_key_and_allowed_values(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -174,9 +183,11 @@ def test_grey_models_whose_input_kernel_sees_nothing_are_refused():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["model.dropout=0.5"], "model.dropout=0.5 is used by model.type=pixelcnn_pp only"),
-    (["model.weight_norm=true"], "model.weight_norm=true is used by model.type=pixelcnn_pp "
-                                 "only; remove it (or --set model.weight_norm=false)"),
+    (["model.dropout=0.5"], "model.dropout=0.5 is not an option of model.type=pixelcnn "
+                            "(used by pixelcnn_pp); remove it (or --set model.dropout=0.0)"),
+    (["model.weight_norm=true"], "model.weight_norm=True is not an option of model.type="
+                                 "pixelcnn (used by pixelcnn_pp); remove it (or --set "
+                                 "model.weight_norm=False)"),
     (["model.output=softmax"], "model.output='softmax' is not allowed; allowed values: "
                                "categorical, logistic_mixture"),
     (["model.num_mixtures=0"], "model.num_mixtures=0 is out of range: it must be >= 1"),

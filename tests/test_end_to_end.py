@@ -116,7 +116,7 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
 
 
 def test_bfloat16_run_is_evaluated_in_float32(tmp_path):
-    from pixelcnn_tf.hardware import local_precision_warning
+    from pixelcnn_tf.devices import local_precision_warning
 
     config, workdir = tiny_grey_run(tmp_path)
     result = run("train.py", "--config", config, "--workdir", workdir, "--set",
@@ -171,7 +171,7 @@ def test_multiscale_run_trains_evaluates_exports_and_samples(tmp_path):
     """A multi-scale gated PixelCNN through the CLIs: TensorBoard, SavedModel, samples,
     and evaluate.py's bits/dim = the small network's NLL of x[::2, ::2] + the conditional
     network's NLL of the other pixels, computed here from the restored networks."""
-    from pixelcnn_tf.trainer import load_for_inference
+    from pixelcnn_tf.run import load_for_inference
     rng = np.random.default_rng(0)
     npz = tmp_path / "rgb.npz"
     images = rng.integers(0, 256, (20, 6, 4, 3)).astype(np.uint8)

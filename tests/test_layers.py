@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pixelcnn_tf.layers import MaskedConv2D
-from pixelcnn_tf.masks import get_mask
+from pixelcnn_tf.nn.layers import MaskedConv2D
+from pixelcnn_tf.nn.masks import get_mask
 
 
 def numpy_masked_conv(x, kernel, bias, mask, dilation=1):

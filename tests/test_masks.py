@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pixelcnn_tf.masks import get_mask
+from pixelcnn_tf.nn.masks import get_mask
 
 SPATIAL_3 = np.array([[1, 1, 1],
                       [1, 0, 0],

@@ -3,8 +3,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from pixelcnn_tf.blocks import PIXEL_LAYERS
-from pixelcnn_tf.models import build_model, count_parameters
+from pixelcnn_tf.models import build_model, count_parameters, pixel_layer_types
+
+PIXEL_LAYERS = pixel_layer_types()
 
 
 def raster_jacobian(model, image_shape, seed=0, labels=None, n_images=8):
@@ -131,7 +132,7 @@ def test_weight_normalised_layers_match_numpy_and_initialise_from_data(rng):
     for convolutions and 1x1 layers, axis 2 for the transposed convolution); the
     data-dependent call gives every output channel mean 0 and standard deviation
     init_scale on its batch, and later calls compute the same function."""
-    from pixelcnn_tf.pixelcnn_pp import Dense, ShiftedConv2D, ShiftedDeconv2D
+    from pixelcnn_tf.nn.shifted import Dense, ShiftedConv2D, ShiftedDeconv2D
     x = tf.constant(rng.normal(3.0, 2.0, size=(4, 6, 8, 5)).astype(np.float32))
     for layer, out_axis in [
             (ShiftedConv2D(7, (2, 3), False, init_scale=0.1, weight_norm=True), 3),

@@ -10,7 +10,7 @@ from conftest import CACHEABLE, tiny_config
 from pixelcnn_tf import generate_images
 from pixelcnn_tf.config import ConfigError, check_model_fits_images
 from pixelcnn_tf.models import build_model
-from pixelcnn_tf.multiscale import MultiScalePixelRNN
+from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
 from pixelcnn_tf.trainer import Trainer
 from test_models import assert_causal_without_blind_spots, raster_jacobian
 from test_sampling import run_steps
@@ -227,10 +227,10 @@ def test_parameter_count_and_errors():
 def context_parameters(config, channels):
     """The conditional network's context layers: KxK conv (C → 2h), the deconvolution
     (2h → f·f·2h) and the projection to every slot (2h → slots·width), with biases."""
-    from pixelcnn_tf.blocks import get_pixel_layer
+    from pixelcnn_tf.models import pixel_layer
     m = config.model
     two_h, k, f = 2 * m.hidden_dim, m.input_kernel_size, m.multiscale["factor"]
-    layer = get_pixel_layer(m.type)
+    layer = pixel_layer(m.type)
     slots = int(layer.condition_input) + m.n_layers
     width = layer.condition_width(m.hidden_dim)
     return ((k * k * channels + 1) * two_h + (two_h + 1) * f * f * two_h

@@ -3,8 +3,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import CACHEABLE, DILATED, TEST_DILATIONS, VARIANTS, random_model, tiny_config
-from pixelcnn_tf import blocks, generate_images, incremental
-from pixelcnn_tf.models import build_model
+from conftest import model_with_layer
+from pixelcnn_tf import generate_images
+from pixelcnn_tf.models import build_model, pixel_layer_types
+from pixelcnn_tf.models.base import has_steps
+from pixelcnn_tf.models.pixelcnn import PixelCNNBlock
 from pixelcnn_tf.trainer import Trainer
 
 
@@ -95,7 +98,7 @@ def test_class_conditional_sampling(tmp_path, layer_type):
     labels = tf.constant([0] * 4 + [1] * 4)
     for _ in range(80):
         trainer.train_step(images, labels)
-    method = "fast" if incremental.supports(trainer.model) else "naive"
+    method = "fast" if has_steps(trainer.model) else "naive"
     out = generate_images(trainer.model, (3, 3), 4, 1, labels=[0, 1, 0, 1], seed=0,
                           method=method)
     assert np.mean(out[0::2] == 30) > 0.95 and np.mean(out[1::2] == 220) > 0.95
@@ -104,18 +107,18 @@ def test_class_conditional_sampling(tmp_path, layer_type):
 
 
 # -- the fast (cached) sampler ---------------------------------------------------------------
-from pixelcnn_tf.incremental import Position  # noqa: E402
+from pixelcnn_tf.nn.layers import Position  # noqa: E402
 from pixelcnn_tf.sampling import uniform_noise  # noqa: E402
 
 def test_cacheable_types():
-    assert CACHEABLE == sorted(blocks.PIXEL_LAYERS)  # every type has a fast sampler
+    assert CACHEABLE == sorted(pixel_layer_types())  # every type has a fast sampler
 
 
 def run_steps(model, x, labels, context=None):
     """The incremental evaluation over every step in order → the step parameters, as a
     list in raster order, with the full pass's parameters of the same steps. ``context``:
     the small image, for a multi-scale conditional network."""
-    stepper = incremental.stepper(model)
+    stepper = model.stepper()
     distribution = model.distribution
     full = model(x, labels) if context is None else model(x, labels, context=context)
     height, width, _ = model.image_shape
@@ -226,7 +229,7 @@ def test_finish_row_reads_only_finished_rows(rng):
     """The row states for row i depend on image rows < i only."""
     for layer_type in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm"):
         model = random_model(3, layer_type)
-        stepper = incremental.stepper(model)
+        stepper = model.stepper()
         assert stepper.row_wise
         x = rng.uniform(size=(2, 5, 4, 3)).astype(np.float32)
         changed = x.copy()
@@ -245,19 +248,15 @@ def test_finish_row_reads_only_finished_rows(rng):
 
 
 def test_layers_without_steps_fall_back_to_naive(caplog):
-    @blocks.register_pixel_layer("test_uncached")
-    class Uncached(blocks.PixelCNNBlock):
-        pass  # no LayerStep registered in incremental.py
+    class Uncached(PixelCNNBlock):
+        Step = None  # no cached step
 
-    try:
-        model = random_model(1, "test_uncached")
-        assert not incremental.supports(model)
-        with caplog.at_level("WARNING", logger="pixelcnn_tf.sampling"):
-            fast = generate_images(model, (5, 4), 2, 1, seed=1, method="fast")
-        assert "using the naive sampler" in caplog.text
-        np.testing.assert_array_equal(fast, generate_images(model, (5, 4), 2, 1, seed=1))
-    finally:
-        del blocks.PIXEL_LAYERS["test_uncached"]
+    model = model_with_layer(Uncached, 1, (5, 4))
+    assert not has_steps(model)
+    with caplog.at_level("WARNING", logger="pixelcnn_tf.sampling"):
+        fast = generate_images(model, (5, 4), 2, 1, seed=1, method="fast")
+    assert "using the naive sampler" in caplog.text
+    np.testing.assert_array_equal(fast, generate_images(model, (5, 4), 2, 1, seed=1))
 
 
 def lowbias32(x):

@@ -1,6 +1,6 @@
 import pytest
 
-from pixelcnn_tf.hardware import (cpu_description, cpu_info, local_precision_warning,
+from pixelcnn_tf.devices import (cpu_description, cpu_info, local_precision_warning,
                                   precision_warning)
 
 CPUINFO = """processor\t: 0

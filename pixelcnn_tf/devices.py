@@ -1,4 +1,7 @@
-"""What the machine offers for mixed precision, and when a precision is likely to be slow.
+"""Devices, distribution strategies and precision: what the machine offers, which
+strategy a run uses, the layers' compute dtype, and when a precision is likely to be slow.
+TensorFlow is imported only by the functions that need it (the CLIs report config errors
+before it loads).
 
 Measured with ``benchmarks/train_throughput.py`` (CIFAR-10 PixelCNN, batch 16):
 bfloat16 trained 1.74x faster than float32 on a 2-core Xeon with AMX-BF16, but 0.6-0.75x as fast
@@ -77,3 +80,40 @@ def local_precision_warning(precision: str) -> Optional[str]:
         details = tf.config.experimental.get_device_details(gpu)
         capabilities.append(tuple(details.get("compute_capability", (0, 0))))
     return precision_warning(precision, capabilities, cpu_info()[1])
+
+
+PRECISIONS = ("none", "bfloat16", "float16")  # train.mixed_precision
+
+
+def compute_dtype(mixed_precision: str):
+    """``train.mixed_precision`` (none, bfloat16, float16) → the layers' compute dtype."""
+    import tensorflow as tf
+    return {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[mixed_precision]
+
+
+def make_strategy(name: str):
+    """``none``: the default (one device). ``mirrored``: MirroredStrategy over every local
+    GPU, or over the logical CPUs when there is no GPU (PIXELCNN_TF_CPU_DEVICES=N makes N).
+    ``multi_worker``: MultiWorkerMirroredStrategy over the machines of ``TF_CONFIG``."""
+    import tensorflow as tf
+    from pixelcnn_tf.errors import ConfigError
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("train.distribute=multi_worker needs TF_CONFIG describing the "
+                              "workers (see the README), or use train.distribute=mirrored")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
+               or [d.name for d in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def is_chief_worker(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (
+        not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+

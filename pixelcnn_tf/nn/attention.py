@@ -29,8 +29,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from pixelcnn_tf.blocks import PixelLayer, gate, register_pixel_layer
-from pixelcnn_tf.layers import Conv2D, MaskedConv2D
+from pixelcnn_tf.nn.layers import Conv2D, MaskedConv2D
 
 
 def earlier_mask(length: int) -> np.ndarray:
@@ -144,96 +143,3 @@ class CausalSelfAttention(tf.Module):
                          [batch, height, width, g * n * d])
         return self.output(out)
 
-
-class PixelSNAILInput(tf.Module):
-    """The PixelSNAIL layers' input layer: images (preprocessed) ``[B, H, W, C]`` → (a kxk
-    mask-A convolution ``[B, H, W, 2h]``, the images themselves, which the attention of
-    every layer reads at earlier positions)."""
-
-    def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int,
-                 name: Optional[str] = None):
-        super().__init__(name=name)
-        with self.name_scope:
-            self.conv = MaskedConv2D(2 * hidden_dim, kernel_size, "A", n_colors, name="conv")
-
-    @property
-    def kernel_size(self):
-        return self.conv.kernel_size
-
-    def __call__(self, x: tf.Tensor):
-        return self.conv(x), x
-
-
-@register_pixel_layer("pixelsnail")
-class PixelSNAILBlock(PixelLayer):
-    """A PixelSNAIL block: ``convs_per_block`` gated residual masked convolutions, then
-    causal multi-head self-attention over every earlier position (``CausalSelfAttention``)
-    added back to the stream.
-
-    State: (stream ``[B, H, W, 2h]``, preprocessed images ``[B, H, W, C]``).
-      s ← s + gate(kxk mask-B conv(ReLU(s)))       (2h → 4h → 2h, per conv; the class
-                                                   vector ``[B, 4h]`` enters every gate)
-      a = s + P                                    (P: learned position embedding [H, W, 2h])
-      s ← s + attention(a, images)
-    One block reaches every sub-pixel before the output's own (tested exactly).
-    """
-
-    condition_input = False  # the class vector enters every gate
-
-    def __init__(self, hidden_dim: int, n_colors: int, kernel_size: int = 3,
-                 dilation: int = 1, name: Optional[str] = None, num_heads: int = 1,
-                 attention_dim: int = 16, convs_per_block: int = 2):
-        super().__init__(hidden_dim, n_colors, kernel_size, dilation, name=name)
-        if convs_per_block < 1:
-            raise ValueError(f"convs_per_block must be >= 1, got {convs_per_block}")
-        width = 2 * hidden_dim
-        with self.name_scope:
-            self.convs = [MaskedConv2D(2 * width, kernel_size, "B", n_colors, init_scale=1.0,
-                                       name=f"gated_conv_{i}")
-                          for i in range(convs_per_block)]
-            self.attention = CausalSelfAttention(width, n_colors, num_heads, attention_dim,
-                                                 name="attention")
-        self.position: Optional[tf.Variable] = None  # [H, W, 2h], made on the first call
-
-    @staticmethod
-    def condition_width(hidden_dim: int) -> int:
-        return 4 * hidden_dim  # tanh and sigmoid halves of the gates
-
-    @staticmethod
-    def make_input(hidden_dim: int, n_colors: int, kernel_size: int) -> tf.Module:
-        return PixelSNAILInput(hidden_dim, n_colors, kernel_size, name="input_conv")
-
-    @staticmethod
-    def features(state) -> tf.Tensor:
-        return state[0]
-
-    @staticmethod
-    def input_masked_conv(input_layer) -> MaskedConv2D:
-        return input_layer.conv
-
-    @staticmethod
-    def step_state(features):
-        return features, None  # the image reaches the layers' steps through ``record``
-
-    def residual_convs(self, s: tf.Tensor, condition: Optional[tf.Tensor]) -> tf.Tensor:
-        for conv in self.convs:
-            s = s + gate(conv(tf.nn.relu(s)), self.n_colors, condition)
-        return s
-
-    def position_embedding(self, height: int, width: int, dtype: tf.DType) -> tf.Tensor:
-        """The learned position embedding ``[H, W, 2h]`` (created on the first call)."""
-        if self.position is None:
-            with self.name_scope:
-                self.position = tf.Variable(
-                    tf.random.normal([height, width, 2 * self.hidden_dim], stddev=0.1),
-                    name="position")
-        if tuple(self.position.shape[:2]) != (height, width):
-            raise ValueError(f"{self.name} was built for {self.position.shape[0]}x"
-                             f"{self.position.shape[1]} images, got {height}x{width}")
-        return tf.cast(self.position, dtype)
-
-    def __call__(self, state, condition: Optional[tf.Tensor] = None):
-        s, x = state
-        s = self.residual_convs(s, condition)
-        a = s + self.position_embedding(s.shape[1], s.shape[2], s.dtype)
-        return s + self.attention(a, x), x
