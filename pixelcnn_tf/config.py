@@ -149,7 +149,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    method: str = field(default="naive", metadata=_choices(_sample_methods))
+    method: str = field(default="fast", metadata=_choices(_sample_methods))
     n_images: int = field(default=16, metadata={"min": 1})
     temperature: float = field(default=1.0, metadata={"min_exclusive": 0.0})
     seed: int = field(default=1234, metadata={"min": 0, "max": 2**63 - 1})  # int64

@@ -19,10 +19,12 @@ from pixelcnn_tf.config import load_config  # noqa: E402
 
 def tiny_config(channels: int = 1, **model):
     """A small, fast config for unit tests (widths divisible by 3 for RGB)."""
-    overrides = [f"model.hidden_dim={6 if channels == 3 else 4}",
-                 f"model.out_dim={12 if channels == 3 else 8}",
-                 "model.n_layers=2", "model.input_kernel_size=3"]
-    overrides += [f"model.{k}={v}" for k, v in model.items()]
+    from pixelcnn_tf.models import type_options
+    small = {"hidden_dim": 6 if channels == 3 else 4, "out_dim": 12 if channels == 3 else 8,
+             "n_layers": 2, "input_kernel_size": 3}
+    taken = type_options(model.get("type", "pixelcnn"))
+    small = {k: v for k, v in small.items() if k in taken}  # the keys the type takes
+    overrides = [f"model.{k}={v}" for k, v in {**small, **model}.items()]
     return load_config(None, overrides)
 
 
@@ -54,7 +56,8 @@ def model_with_layer(layer_cls, channels, shape, **model):
     from pixelcnn_tf.models.pixel_rnn import PixelRNN
     model = PixelRNN.from_config(layer_cls, tiny_config(channels, **model).model,
                                  (*shape, channels))
-    model(np.zeros([1, *shape, channels], np.float32))  # its variables, now
+    labels = np.zeros([1], np.int32) if model.num_classes else None
+    model(np.zeros([1, *shape, channels], np.float32), labels)  # its variables, now
     return model
 
 

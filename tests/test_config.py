@@ -13,7 +13,7 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.data.batch_size == 4 and cfg.model.n_layers == 3
     assert cfg.train.steps == 42 and cfg.train.learning_rate == pytest.approx(1e-4)
     assert isinstance(cfg.train.learning_rate, float)
-    assert cfg.model.type == "pixelcnn" and cfg.sample.method == "naive"
+    assert cfg.model.type == "pixelcnn" and cfg.sample.method == "fast"
 
 
 def test_round_trip_is_plain_yaml(tmp_path):

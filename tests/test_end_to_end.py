@@ -151,10 +151,13 @@ def test_every_layer_type_trains_evaluates_and_samples(tmp_path, layer_type, out
     np.savez(npz, images=rng.integers(0, 256, (20, *shape)).astype(np.uint8))
     config = tiny_config_file(tmp_path, npz)
     workdir = str(tmp_path / "run")
-    width = ["--set", "model.hidden_dim=3", "--set", "model.out_dim=6", "--set",
-             f"model.output={output}", "--set", "model.num_mixtures=3"]
-    if layer_type == "pixelcnn_pp":
-        width += ["--set", "model.dropout=0.5"]
+    width = ["--set", "model.hidden_dim=3", "--set", f"model.output={output}", "--set",
+             "model.num_mixtures=3"]
+    if layer_type == "pixelcnn_pp":  # the container's keys back at their defaults: refused
+        width += ["--set", "model.dropout=0.5", "--set", "model.out_dim=64", "--set",
+                  "model.input_kernel_size=7"]
+    else:
+        width += ["--set", "model.out_dim=6"]
     result = run("train.py", "--config", config, "--workdir", workdir, "--set",
                  f"model.type={layer_type}", "--set", "sample.method=fast", *width)
     assert result.returncode == 0, result.stderr

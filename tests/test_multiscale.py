@@ -216,7 +216,7 @@ def test_parameter_count_and_errors():
     cfg = tiny_config(1, multiscale="{factor: 4}")
     with pytest.raises(ConfigError, match="factor=4 must divide the image size 6x4"):
         check_model_fits_images(cfg.model, (6, 4, 1))
-    with pytest.raises(ConfigError, match="not pixelcnn_pp"):
+    with pytest.raises(ConfigError, match="model.multiscale=.* is not an option of model.type=pixelcnn_pp"):
         tiny_config(1, multiscale="{factor: 2}", type="pixelcnn_pp", output="logistic_mixture")
     with pytest.raises(ConfigError, match="model.multiscale.factor=1 must be an integer"):
         tiny_config(1, multiscale="{factor: 1}")
