@@ -1,6 +1,6 @@
 """Exact bits/dim of a trained run over a whole split, and samples.
 
-  python evaluate.py --workdir runs/quick [--split validation|test|all] [--set k=v ...]
+  python evaluate.py --workdir runs/quick [--split validation|test|train|all] [--set k=v ...]
   python evaluate.py --workdir runs/quick --set data.path=F.npz      (npz: all images)
   python evaluate.py --workdir runs/quick --samples 16 [--seed 7]    (no evaluation)
   python evaluate.py --workdir runs/quick --completions 4
@@ -24,8 +24,8 @@ def main(argv: Sequence[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a run directory made by train.py")
     parser.add_argument("--split", default=None,
-                        help="train, validation or test (npz: all); default validation "
-                             "(npz: all)")
+                        help="validation, test or train (npz files: all); default "
+                             "validation (npz files: all)")
     parser.add_argument("--samples", type=int, default=0, metavar="N",
                         help="draw N samples (written to --out)")
     parser.add_argument("--out", default=None,
@@ -33,7 +33,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--completions", type=int, default=0, metavar="K",
                         help="write a completion figure: the top half of "
                              "--completion-images images of the split, K completions each")
-    parser.add_argument("--completion-images", type=int, default=4, metavar="N")
+    parser.add_argument("--completion-images", type=int, default=4, metavar="N",
+                        help="how many images of the split --completions completes "
+                             "(default: %(default)s)")
     parser.add_argument("--completion-out", default=None,
                         help="PNG path (default: WORKDIR/samples/completions.png)")
     parser.add_argument("--seed", type=int, default=None,

@@ -26,14 +26,14 @@ def main(argv: Sequence[str]) -> int:
                         help="export WORKDIR/saved_model from the latest checkpoint; no training")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
+    from pixelcnn_tf.config import load_config
+    config = load_config(args.config, args.overrides)  # its errors come before TensorFlow loads
     # Under TF_CONFIG (several workers) the strategy must be created before any op runs.
     cli.import_tensorflow_quietly(initialize="TF_CONFIG" not in os.environ)
 
     from pixelcnn_tf import workdir as workdir_lib
-    from pixelcnn_tf.config import load_config
     from pixelcnn_tf.devices import is_chief_worker, make_strategy
 
-    config = load_config(args.config, args.overrides)
     strategy = make_strategy(config.train.distribute)
     workdir_lib.ensure_writable(args.workdir)
     if not is_chief_worker(strategy):  # workers write to scratch; the chief holds the lock

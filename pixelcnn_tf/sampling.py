@@ -3,8 +3,8 @@
 ``generate_images`` runs a ``tf.function`` whose ``tf.while_loop`` visits the model's
 steps in raster order: every sub-pixel (R < G < B inside a pixel) for the categorical
 output, every pixel for the logistic mixture (which predicts the whole pixel). A step
-draws its sub-pixels of every image, each from the 256-way conditional distribution
-``model.distribution.subpixel_logits`` gives, and writes them with
+draws its sub-pixels of every image with ``model.distribution.draw`` (the distribution
+owns drawing as it owns scoring: likelihood.py) and writes them with
 ``tf.tensor_scatter_nd_update``. Every sub-pixel, the first one included, is drawn from
 the model. Draws are stateless: sub-pixel ``k`` uses noise hashed from ``(seed, k)``
 (``uniform_noise``), so the same seed gives the same images, whichever method computed
@@ -33,7 +33,6 @@ from pixelcnn_tf.models.base import has_steps, step_position, unit_images, walk
 from pixelcnn_tf.models.multiscale import MultiScalePixelRNN, place_on_grid
 from pixelcnn_tf.nn.layers import Position
 from pixelcnn_tf.config import SAMPLE_METHODS
-from pixelcnn_tf.likelihood import LogisticMixture
 
 METHODS = SAMPLE_METHODS
 
@@ -98,29 +97,6 @@ def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor, width: int = 256
     return unit_interval(bits)  # [n, width]
 
 
-def _draw(logits: tf.Tensor, seed: tf.Tensor, k: tf.Tensor, temperature: tf.Tensor,
-          greedy: bool) -> tf.Tensor:
-    """logits ``[N, 256]`` of sub-pixel ``k`` → int32 values ``[N]``.
-
-    Gumbel-max: argmax(logits / T + G) with G = -log(-log(U)), U uniform, is an exact
-    draw from softmax(logits / T).
-    """
-    logits = tf.cast(logits, tf.float32)
-    if greedy:
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
-    gumbel = -tf.math.log(-tf.math.log(uniform_noise(seed, k, tf.shape(logits)[0])))
-    return tf.argmax(logits / temperature + gumbel, axis=-1, output_type=tf.int32)
-
-
-def _write_subpixel(images: tf.Tensor, i, j, c, values: tf.Tensor) -> tf.Tensor:
-    """images ``[N, H, W, C]`` with sub-pixel (i, j, c) of every image set to ``values``
-    ``[N]``."""
-    n = tf.shape(images)[0]
-    indices = tf.stack([tf.range(n), tf.fill([n], i), tf.fill([n], j), tf.fill([n], c)],
-                       axis=1)  # [N, 4] = (n, i, j, c)
-    return tf.tensor_scatter_nd_update(images, indices, values)
-
-
 class Stage(NamedTuple):
     """How the image a loop draws relates to the image being sampled (multi-scale models
     draw in two stages; one-scale models in one, ``Stage()``).
@@ -151,66 +127,16 @@ def _on_kept_grid(pos: Position, stage: Stage):
 def _draw_step(distribution, params: tf.Tensor, images: tf.Tensor, pos: Position,
                start: tf.Tensor, seed, temperature, greedy: bool,
                stage: Stage = Stage()) -> tf.Tensor:
-    """Draws the sub-pixels of one step from the step's parameters ``[N, ·]`` and writes
-    them into ``images`` ``[N, H, W, C]`` (int32); sub-pixels before ``start`` (and the
-    ``stage``'s kept grid) keep their values. Categorical: colour ``pos.c``, by Gumbel-max
-    over its 256 logits with noise ``(seed, k)`` of its sub-pixel k. Logistic mixture: the
-    whole pixel (``_draw_mixture``)."""
-    if isinstance(distribution, LogisticMixture):
-        return _draw_mixture(distribution, params, images, pos, start, seed, temperature,
-                             greedy, stage)
+    """Draws the sub-pixels of one step from the step's parameters ``[N, ·]`` with the
+    distribution's own ``draw`` and writes them into ``images`` ``[N, H, W, C]`` (int32);
+    sub-pixels before ``start`` (and the ``stage``'s kept grid) keep their values. Noise:
+    row (seed, k) of ``uniform_noise`` for the step's first sub-pixel k."""
     _, width, channels = images.shape[1:]
-    k = _pixel_index(pos, width, channels, stage) + pos.c  # the sub-pixel's raster index
-    logits = distribution.subpixel_logits(params, images[:, pos.i, pos.j, :], pos.c)
-    values = _draw(logits, seed, k, temperature, greedy)
-    keep = (k < start) | _on_kept_grid(pos, stage)
-    values = tf.where(keep, images[:, pos.i, pos.j, pos.c], values)  # keep given ones
-    return _write_subpixel(images, pos.i, pos.j, pos.c, values)
-
-
-def _draw_mixture(distribution: LogisticMixture, params: tf.Tensor, images: tf.Tensor,
-                  pos: Position, start: tf.Tensor, seed, temperature, greedy: bool,
-                  stage: Stage = Stage()) -> tf.Tensor:
-    """Pixel (i, j) of every image from its discretized logistic mixture ``params``
-    ``[N, P]``, as PixelCNN++ samples, in O(M + C) per pixel instead of evaluating 256 bins
-    per colour: the component k by Gumbel-max over its log-weight (log π_k plus the
-    log-probabilities of the colours kept, those before ``start``: its posterior), then
-    each colour from component k's logistic by inverse CDF, x = μ + s·log(u / (1 - u)),
-    put in its bin v = floor((x + 1)·127.5 + 0.5) clipped to 0..255. P(v) is then exactly
-    the bin probability of ``likelihood.log_bin_probs`` (the edge bins take the tails), so
-    the pixel is an exact draw from the distribution the NLL scores (tested against its
-    per-colour conditionals). Noise: row (seed, k) of ``uniform_noise`` for the pixel's
-    first sub-pixel k: columns 0..M-1 for the component, M + c for colour c.
-    ``temperature`` divides the component log-weights and multiplies the scales; greedy
-    takes the most likely component and its means.
-    """
-    _, width, channels = images.shape[1:]
-    m = distribution.num_mixtures
     k0 = _pixel_index(pos, width, channels, stage)  # the pixel's first sub-pixel
-    parts = distribution.split(params)  # [N, M], [N, C, M], [N, C, M], [N, C(C-1)/2, M]
-    _, means, log_scales, coeffs = parts
-    pixel = images[:, pos.i, pos.j, :]  # int32 [N, C]
-    # [C]: a prefix of the colours, or all of them on the kept grid
-    kept = (k0 + tf.range(channels) < start) | _on_kept_grid(pos, stage)
-    weights = distribution.log_weights(parts, pixel, tf.unstack(kept, channels))  # [N, M]
-    noise = uniform_noise(seed, k0, tf.shape(params)[0], width=m + channels)  # [N, M + C]
-    if greedy:
-        component = tf.argmax(weights, axis=-1, output_type=tf.int32)
-    else:
-        gumbel = -tf.math.log(-tf.math.log(noise[:, :m]))
-        component = tf.argmax(weights / temperature + gumbel, axis=-1, output_type=tf.int32)
-    chosen = tf.one_hot(component, m)  # [N, M]
-    for c in range(channels):
-        mean = tf.reduce_sum(chosen * distribution.colour_means(means, coeffs, pixel, c), -1)
-        x = mean  # [N]
-        if not greedy:
-            u = noise[:, m + c]
-            scale = tf.exp(tf.reduce_sum(chosen * log_scales[:, c], -1)) * temperature
-            x += scale * (tf.math.log(u) - tf.math.log1p(-u))
-        value = tf.cast(tf.clip_by_value(tf.floor((x + 1.0) * 127.5 + 0.5), 0.0, 255.0),
-                        tf.int32)
-        value = tf.where(kept[c], pixel[:, c], value)
-        pixel = tf.where(tf.equal(tf.range(channels), c)[None], value[:, None], pixel)
+    kept = (k0 + tf.range(channels) < start) | _on_kept_grid(pos, stage)  # [C]
+    noise = uniform_noise(seed, k0 + pos.c, tf.shape(params)[0], distribution.noise_width)
+    pixel = distribution.draw(params, images[:, pos.i, pos.j, :], pos.c, kept, noise,
+                              temperature, greedy)
     return write_pixel(images, pos.i, pos.j, pixel)
 
 

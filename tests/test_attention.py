@@ -11,7 +11,7 @@ from pixelcnn_tf.nn.attention import CausalSelfAttention, earlier_mask, own_mask
 from pixelcnn_tf.config import load_config
 from pixelcnn_tf.errors import ConfigError
 from pixelcnn_tf.models import build_model, count_parameters
-from test_models import raster_jacobian
+from helpers import raster_jacobian
 
 
 def test_masks_by_hand():

@@ -127,7 +127,7 @@ def test_round_trip_dilated(layer_type, output, rng):
 
 
 def test_multiscale_models_are_refused_with_a_reason(rng):
-    from test_multiscale import multiscale_model
+    from helpers import multiscale_model
     model = multiscale_model(1)
     with pytest.raises(CodecError, match=r"multi-scale models \(model.multiscale\) cannot"):
         codec.encode(model, rng.integers(0, 256, (2, *model.image_shape)).astype(np.uint8))

@@ -11,28 +11,9 @@ import tensorflow as tf
 import yaml
 from tensorboard.backend.event_processing import event_accumulator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+from helpers import run, tiny_config_file
 pytestmark = pytest.mark.slow
-
-
-def run(script, *args, env=None, timeout=300):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
-
-
-def tiny_config_file(tmp_path, npz):
-    config = {
-        "data": {"dataset": "npz", "path": str(npz), "batch_size": 4, "eval_batch_size": 5,
-                 "validation_size": 6},
-        "model": {"hidden_dim": 4, "out_dim": 8, "n_layers": 1, "input_kernel_size": 3},
-        "train": {"steps": 4, "log_every": 2, "eval_every": 2, "checkpoint_every": 2,
-                  "sample_every": 4, "learning_rate": 0.01},
-        "sample": {"n_images": 4},
-    }
-    path = tmp_path / "tiny.yml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
 
 
 def tiny_grey_run(tmp_path):

@@ -2,25 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import numpy_masked_conv
 from pixelcnn_tf.nn.layers import MaskedConv2D
 from pixelcnn_tf.nn.masks import get_mask
-
-
-def numpy_masked_conv(x, kernel, bias, mask, dilation=1):
-    """Reference: stride 1, zero (SAME) padding, cross-correlation like tf.nn.conv2d; tap
-    (di, dj) reads the input at (i + d·(di - kh//2), j + d·(dj - kw//2))."""
-    w = kernel * mask
-    kh, kw, _, cout = w.shape
-    b, h, wd, _ = x.shape
-    d = dilation
-    ph, pw = d * (kh // 2), d * (kw // 2)
-    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    out = np.zeros((b, h, wd, cout), np.float64)
-    for di in range(kh):
-        for dj in range(kw):
-            out += np.einsum("bhwc,co->bhwo", xp[:, d * di:d * di + h, d * dj:d * dj + wd, :],
-                             w[di, dj])
-    return out + bias
 
 
 @pytest.mark.parametrize("mode", ["A", "B"])

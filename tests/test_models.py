@@ -5,37 +5,9 @@ import tensorflow as tf
 from conftest import tiny_config
 from pixelcnn_tf.models import build_model, count_parameters, pixel_layer_types
 
+from helpers import assert_causal_without_blind_spots, raster_jacobian  # noqa: E402
+
 PIXEL_LAYERS = pixel_layer_types()
-
-
-def raster_jacobian(model, image_shape, seed=0, labels=None, n_images=8):
-    """|d(projected output at step k) / d(input sub-pixel k')| summed over a few random
-    images, as a [K, K'] matrix in raster order. Categorical output: steps are sub-pixels
-    ((i, j, c) with c fastest), K = H·W·C; logistic mixture: steps are pixels, K = H·W."""
-    h, w, c = image_shape
-    gen = np.random.default_rng(seed)
-    x = tf.constant(gen.uniform(size=(n_images, h, w, c)).astype(np.float32))
-    if labels is not None:
-        labels = tf.repeat(labels, n_images)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        out = model(x, labels)  # [N, H, W, C, 256] or [N, H, W, P]
-        proj = tf.constant(gen.normal(size=(1, *out.shape[1:])).astype(np.float32))
-        y = tf.reduce_sum(out * proj, axis=-1)  # [N, H, W, C] or [N, H, W]
-    jac = tape.batch_jacobian(y, x)  # [N, *y.shape[1:], H, W, C]
-    k = int(np.prod(y.shape[1:]))
-    return np.abs(jac.numpy().reshape(n_images, k, h * w * c)).sum(axis=0)  # [K, K']
-
-
-def assert_causal_without_blind_spots(jac, per_step: int):
-    """Step k (``per_step`` sub-pixels each) depends on every earlier sub-pixel's input
-    somewhere and on nothing from sub-pixel ``k·per_step`` on."""
-    k = jac.shape[0]
-    first_unseen = np.arange(k)[:, None] * per_step  # the step's first sub-pixel
-    future = np.arange(jac.shape[1])[None, :] >= first_unseen
-    assert np.all(jac[future] == 0.0), "an output depends on the current or a later input"
-    for out in range(1, k):
-        assert np.any(jac[out, :out * per_step] != 0.0), f"step {out} ignores its inputs"
 
 
 @pytest.mark.parametrize("layer_type", sorted(PIXEL_LAYERS))
@@ -145,22 +117,18 @@ def test_weight_normalised_layers_match_numpy_and_initialise_from_data(rng):
         axes = tuple(a for a in range(v.ndim) if a != out_axis)
         want = v / np.sqrt((v ** 2).sum(axes, keepdims=True)) * np.expand_dims(scale, axes)
         np.testing.assert_allclose(layer.weights().numpy(), want, rtol=1e-5, atol=1e-7)
-        layer.init_pending = True
-        y = layer(x).numpy()
-        assert not layer.init_pending
+        y = layer.initialize_from(x).numpy()
         np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-4 * layer.init_scale)
         np.testing.assert_allclose(y.std(axis=(0, 1, 2)), layer.init_scale, rtol=1e-3)
         np.testing.assert_allclose(layer(x).numpy(), y, rtol=1e-5, atol=1e-5)
     constant = Dense(3, weight_norm=True)  # every output equal on the batch: g = init_scale
     constant(tf.ones([2, 4, 4, 5]))
-    constant.init_pending = True
-    constant(tf.ones([2, 4, 4, 5]))
+    constant.initialize_from(tf.ones([2, 4, 4, 5]))
     np.testing.assert_array_equal(constant.scale.numpy(), np.ones(3, np.float32))
     plain = Dense(3)
     plain(x)
-    plain.init_pending = True
     with pytest.raises(ValueError, match="needs weight_norm"):
-        plain(x)
+        plain.initialize_from(x)
 
 
 def test_pixelcnn_pp_initialises_every_layer_from_data():

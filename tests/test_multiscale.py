@@ -12,26 +12,10 @@ from pixelcnn_tf.config import ConfigError, check_model_fits_images
 from pixelcnn_tf.models import build_model
 from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
 from pixelcnn_tf.trainer import Trainer
-from test_models import assert_causal_without_blind_spots, raster_jacobian
-from test_sampling import run_steps
+from helpers import assert_causal_without_blind_spots, multiscale_model, raster_jacobian, run_steps
 
 SHAPE = (6, 4)
 OUTPUTS = ("categorical", "logistic_mixture")
-
-
-def multiscale_model(channels, layer_type="gated_pixelcnn", output="categorical",
-                     num_classes=0, factor=2, shape=SHAPE, seed=0, random_biases=True):
-    """A small untrained multi-scale model, with random non-zero biases unless
-    ``random_biases`` is False (as initialised: zero biases)."""
-    tf.random.set_seed(seed)
-    cfg = tiny_config(channels, type=layer_type, output=output, num_mixtures=2,
-                      num_classes=num_classes, kernel_size=3, input_kernel_size=5,
-                      multiscale=f"{{factor: {factor}}}")
-    model = build_model(cfg.model, (*shape, channels))
-    for v in model.trainable_variables if random_biases else ():
-        if "bias" in v.name or "class" in v.name:
-            v.assign(tf.random.normal(v.shape, stddev=0.5))
-    return model
 
 
 def images_of(model, n=4, seed=1):

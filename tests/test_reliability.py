@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from test_end_to_end import ROOT, run, tiny_config_file
+from conftest import ROOT
+from helpers import run, tiny_config_file
 
 pytestmark = pytest.mark.slow
 

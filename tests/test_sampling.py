@@ -107,34 +107,11 @@ def test_class_conditional_sampling(tmp_path, layer_type):
 
 
 # -- the fast (cached) sampler ---------------------------------------------------------------
-from pixelcnn_tf.nn.layers import Position  # noqa: E402
+from helpers import run_steps  # noqa: E402
 from pixelcnn_tf.sampling import uniform_noise  # noqa: E402
 
 def test_cacheable_types():
     assert CACHEABLE == sorted(pixel_layer_types())  # every type has a fast sampler
-
-
-def run_steps(model, x, labels, context=None):
-    """The incremental evaluation over every step in order → the step parameters, as a
-    list in raster order, with the full pass's parameters of the same steps. ``context``:
-    the small image, for a multi-scale conditional network."""
-    stepper = model.stepper()
-    distribution = model.distribution
-    full = model(x, labels) if context is None else model(x, labels, context=context)
-    height, width, _ = model.image_shape
-    cache = stepper.initial(x.shape[0])
-    conditions = stepper.conditions(labels, context)
-    got, want = [], []
-    for i in range(height):
-        if i > 0 and stepper.row_wise:  # row-wise layers: row i - 1 is complete
-            cache = stepper.finish_row(cache, x, i - 1, conditions)
-        for j in range(width):
-            for c in range(distribution.groups):
-                cache, params = stepper.step(cache, x, Position(i, j, c), conditions)
-                cache = stepper.record(cache, x, Position(i, j, c))
-                got.append(params.numpy())
-                want.append(distribution.at(full, i, j, c).numpy())
-    return got, want
 
 
 @pytest.mark.parametrize("layer_type,output", VARIANTS)
@@ -334,7 +311,8 @@ def test_seed_range_is_checked():
 
 def test_draws_follow_the_softmax():
     """Gumbel-max over counter-based noise: frequencies match softmax(logits / T)."""
-    from pixelcnn_tf.sampling import _draw
+    from pixelcnn_tf.likelihood import Categorical
+    categorical = Categorical(1)
     logits = np.full(256, -5.0, np.float32)
     logits[:4] = [2.0, 1.0, 0.0, -1.0]
     n = 4000
@@ -342,7 +320,9 @@ def test_draws_follow_the_softmax():
     for temperature in (1.0, 2.0):
         probs = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
         values = np.concatenate([
-            _draw(batch, tf.constant(s, tf.int64), tf.constant(0), temperature, False).numpy()
+            categorical.draw(batch, tf.zeros([n, 1], tf.int32), 0, tf.constant([False]),
+                             uniform_noise(tf.constant(s, tf.int64), 0, n), temperature,
+                             False).numpy()[:, 0]
             for s in range(3)])
         freq = np.bincount(values, minlength=256) / len(values)
         # 12,000 draws: the standard error of each frequency is below 0.005.
@@ -381,7 +361,6 @@ def test_mixture_draws_follow_the_likelihood(kept_red):
     with the frequencies the NLL scores: exp(-NLL) of each drawn (r, g, b), and given a
     kept red value, p(r, g, b) / p(r)."""
     from pixelcnn_tf.likelihood import LogisticMixture
-    from pixelcnn_tf.sampling import _draw_mixture
     dist = LogisticMixture(3, 3)
     gen = np.random.default_rng(3)
     one = gen.normal(size=dist.num_params).astype(np.float32)
@@ -395,9 +374,9 @@ def test_mixture_draws_follow_the_likelihood(kept_red):
     red = 140
     if kept_red:
         images = tf.concat([tf.fill([n, 1, 1, 1], red), tf.zeros([n, 1, 1, 2], tf.int32)], -1)
-    drawn = _draw_mixture(dist, params, images, Position(0, 0, 0),
-                          tf.constant(1 if kept_red else 0), tf.constant(7, tf.int64),
-                          tf.constant(1.0), False).numpy().reshape(n, 3)
+    noise = uniform_noise(tf.constant(7, tf.int64), 0, n, dist.noise_width)
+    drawn = dist.draw(params, images[:, 0, 0], 0, tf.constant([kept_red, False, False]),
+                      noise, tf.constant(1.0), False).numpy().reshape(n, 3)
     triples, counts = np.unique(drawn, axis=0, return_counts=True)
     exact = np.exp(-dist.nll_per_image(tf.constant(np.tile(one, (len(triples), 1)))[:, None, None],
                                        tf.constant(triples[:, None, None])).numpy())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pixelcnn_tf import workdir as workdir_lib
-from test_end_to_end import run, tiny_config_file
+from helpers import run, tiny_config_file
 
 pytestmark = pytest.mark.slow
 

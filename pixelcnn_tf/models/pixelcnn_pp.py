@@ -37,7 +37,7 @@ from pixelcnn_tf.likelihood import make_distribution
 from pixelcnn_tf.models.base import Position, check_image_shape, check_inputs
 from pixelcnn_tf.nn.layers import shift_down
 from pixelcnn_tf.nn.shifted import (Dense, ShiftedConv2D, ShiftedDeconv2D, TwoRowStep, _Linear,
-                                    concat_elu, right_shift)
+                                    call, concat_elu, right_shift)
 
 type_name = "pixelcnn_pp"
 
@@ -85,19 +85,20 @@ class GatedResnet(tf.Module):
         a, b = tf.split(c2, 2, axis=-1)
         return x + a * tf.sigmoid(b)
 
-    def hidden(self, c1, aux, training: bool):
-        """conv1's output (+ the aux projection) → conv2's input."""
+    def hidden(self, c1, aux, training: bool, apply=call):
+        """conv1's output (+ the aux projection) → conv2's input. ``apply(layer, x)``
+        applies a linear layer (``call``, or its data-dependent initialisation)."""
         if self.aux_proj is not None:
-            c1 += self.aux_proj(concat_elu(aux))
+            c1 += apply(self.aux_proj, concat_elu(aux))
         c1 = concat_elu(c1)
         if training and self.dropout > 0:
             seed = self._dropout_rng.make_seeds(1)[:, 0]
             c1 = tf.nn.experimental.stateless_dropout(c1, rate=self.dropout, seed=seed)
         return c1
 
-    def __call__(self, x, aux=None, labels=None, training: bool = False):
-        c1 = self.hidden(self.conv1(concat_elu(x)), aux, training)
-        return self.gate(x, self.conv2(c1), labels)
+    def __call__(self, x, aux=None, labels=None, training: bool = False, apply=call):
+        c1 = self.hidden(apply(self.conv1, concat_elu(x)), aux, training, apply)
+        return self.gate(x, apply(self.conv2, c1), labels)
 
 
 class PixelCNNPlusPlus(tf.Module):
@@ -184,15 +185,18 @@ class PixelCNNPlusPlus(tf.Module):
         if not self.weight_norm:
             raise ValueError("initialize_from_data is for weight-normalised models "
                              "(weight_norm=True)")
-        layers = [m for m in self.submodules if isinstance(m, _Linear)]
-        for layer in layers:
-            layer.init_pending = True
-        try:
-            self(images, labels, training=False)
-        finally:
-            missed = [layer.name for layer in layers if layer.init_pending]
-            for layer in layers:
-                layer.init_pending = False
+        done = set()
+
+        def initialize_once(layer, x):  # the first call of each layer in the pass
+            if id(layer) in done:
+                return layer(x)
+            done.add(id(layer))
+            return layer.initialize_from(x)
+
+        images = tf.convert_to_tensor(images)
+        check_inputs(self, images, labels)
+        self.forward(images, labels, False, initialize_once)
+        missed = [m.name for m in self.submodules if isinstance(m, _Linear) and id(m) not in done]
         if missed:
             raise RuntimeError(f"initialize_from_data: the pass did not reach {missed}")
 
@@ -203,10 +207,11 @@ class PixelCNNPlusPlus(tf.Module):
         x = tf.cast(images, tf.float32) * 2.0 - 1.0
         return tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)
 
-    def input_streams(self, x: tf.Tensor):
+    def input_streams(self, x: tf.Tensor, apply=call):
         """Preprocessed images → (u, ul) ``[B, H, W, F]`` each."""
-        u = shift_down(self.u_input(x))
-        ul = shift_down(self.ul_input_above(x)) + right_shift(self.ul_input_left(x))
+        u = shift_down(apply(self.u_input, x))
+        ul = (shift_down(apply(self.ul_input_above, x))
+              + right_shift(apply(self.ul_input_left, x)))
         return u, ul
 
     @tf.Module.with_name_scope
@@ -214,31 +219,37 @@ class PixelCNNPlusPlus(tf.Module):
                  training: bool = False) -> tf.Tensor:
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
+        return self.forward(images, labels, training, call)
+
+    def forward(self, images: tf.Tensor, labels: Optional[tf.Tensor], training: bool,
+                apply) -> tf.Tensor:
+        """The full pass; ``apply(layer, x)`` applies each linear layer (``call``)."""
         labels = None if labels is None else tf.cast(labels, tf.int32)
         x = tf.cast(self.preprocess(images), self.compute_dtype)
-        u, ul = self.input_streams(x)
+        u, ul = self.input_streams(x, apply)
         skips_u: List[tf.Tensor] = [u]
         skips_ul: List[tf.Tensor] = [ul]
         for s in range(3):
             if s > 0:
-                u = self.downsample_u[s - 1](u)
-                ul = self.downsample_ul[s - 1](ul)
+                u = apply(self.downsample_u[s - 1], u)
+                ul = apply(self.downsample_ul[s - 1], ul)
                 skips_u.append(u)
                 skips_ul.append(ul)
             for block_u, block_ul in zip(self.down_u[s], self.down_ul[s]):
-                u = block_u(u, None, labels, training)
-                ul = block_ul(ul, u, labels, training)
+                u = block_u(u, None, labels, training, apply)
+                ul = block_ul(ul, u, labels, training, apply)
                 skips_u.append(u)
                 skips_ul.append(ul)
         u, ul = skips_u.pop(), skips_ul.pop()
         for s in (2, 1, 0):
             if s < 2:
-                u = self.upsample_u[s](u)
-                ul = self.upsample_ul[s](ul)
+                u = apply(self.upsample_u[s], u)
+                ul = apply(self.upsample_ul[s], ul)
             for block_u, block_ul in zip(self.up_u[s], self.up_ul[s]):
-                u = block_u(u, skips_u.pop(), labels, training)
-                ul = block_ul(ul, tf.concat([u, skips_ul.pop()], axis=-1), labels, training)
-        params = self.output_layer(tf.nn.elu(ul))  # [B, H, W, P]
+                u = block_u(u, skips_u.pop(), labels, training, apply)
+                ul = block_ul(ul, tf.concat([u, skips_ul.pop()], axis=-1), labels, training,
+                              apply)
+        params = apply(self.output_layer, tf.nn.elu(ul))  # [B, H, W, P]
         return self.distribution.to_output(tf.cast(params, tf.float32))
 
     def has_steps(self) -> bool:

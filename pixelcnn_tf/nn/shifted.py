@@ -58,7 +58,6 @@ class _Linear(tf.Module):
         self.direction: Optional[tf.Variable] = None  # weight-normalised: v and g
         self.scale: Optional[tf.Variable] = None
         self.bias: Optional[tf.Variable] = None
-        self.init_pending = False  # set by initialize_from_data for one eager call
 
     def _make_variables(self, shape, fan_in: int) -> None:
         if self.bias is not None:
@@ -83,17 +82,16 @@ class _Linear(tf.Module):
         unit = tf.nn.l2_normalize(self.direction, axis=axes)
         return tf.cast(unit * tf.reshape(self.scale, shape), dtype)
 
-    def _output(self, compute) -> tf.Tensor:
-        """``compute()`` → the layer's output (kernel and bias applied); on the pending
-        data-dependent call, first sets g and the bias from that output's moments."""
-        if not self.init_pending:
-            return compute()
+    def initialize_from(self, x: tf.Tensor) -> tf.Tensor:
+        """Weight normalisation's data-dependent initialisation on the batch ``x`` (its own,
+        named call): sets g and the bias so that this layer's outputs on ``x`` have mean 0
+        and standard deviation ``init_scale`` per channel, and returns those outputs."""
         if not self.weight_norm:
             raise ValueError(f"{self.name}: data-dependent initialisation needs weight_norm")
-        self.init_pending = False
+        self(x)  # the variables, if this is the first call
         self.scale.assign(tf.ones_like(self.scale))
         self.bias.assign(tf.zeros_like(self.bias))
-        y = compute()  # v / ‖v‖ applied, no bias
+        y = self(x)  # v / ‖v‖ applied, no bias
         axes = list(range(y.shape.rank - 1))
         mean, variance = tf.nn.moments(tf.cast(y, tf.float32), axes=axes)
         # A channel constant on the batch (e.g. a stream that sees only padding, as at
@@ -101,7 +99,13 @@ class _Linear(tf.Module):
         scale = self.init_scale / tf.sqrt(tf.where(variance > 1e-6, variance, 1.0))
         self.scale.assign(scale)
         self.bias.assign(-mean * scale)
-        return compute()
+        return self(x)
+
+
+def call(layer, x: tf.Tensor) -> tf.Tensor:
+    """How a network applies its linear layers in a plain pass: ``layer(x)``. (Its
+    data-dependent initialisation passes ``_Linear.initialize_from`` instead.)"""
+    return layer(x)
 
 
 class ShiftedConv2D(_Linear):
@@ -141,7 +145,7 @@ class ShiftedConv2D(_Linear):
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         self.build(int(x.shape[-1]))
         padded = self.pad(x)
-        return self._output(lambda: self.valid(padded))
+        return self.valid(padded)
 
 
 class ShiftedDeconv2D(_Linear):
@@ -169,14 +173,11 @@ class ShiftedDeconv2D(_Linear):
         batch, height, width = tf.shape(x)[0], x.shape[1], x.shape[2]
         full = [batch, 2 * height + kh - 1, 2 * width + kw - 1, self.features_out]
 
-        def compute():
-            y = tf.nn.conv2d_transpose(x, self.weights(x.dtype), tf.stack(full), strides=2,
-                                       padding="VALID")
-            # [B, 2H+1, 2W+kw-1, F] → [B, 2H, 2W, F]
-            y = y[:, :2 * height, self.crop_left:self.crop_left + 2 * width]
-            return tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
-
-        return self._output(compute)
+        y = tf.nn.conv2d_transpose(x, self.weights(x.dtype), tf.stack(full), strides=2,
+                                   padding="VALID")
+        # [B, 2H+1, 2W+kw-1, F] → [B, 2H, 2W, F]
+        y = y[:, :2 * height, self.crop_left:self.crop_left + 2 * width]
+        return tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
 
 
 class Dense(_Linear):
@@ -190,12 +191,9 @@ class Dense(_Linear):
         c_in = int(x.shape[-1])
         self._make_variables((c_in, self.features_out), c_in)
 
-        def compute():
-            y = tf.tensordot(x, self.weights(x.dtype), axes=[[-1], [0]])
-            y.set_shape(x.shape[:-1].concatenate([self.features_out]))
-            return y + tf.cast(self.bias, x.dtype)
-
-        return self._output(compute)
+        y = tf.tensordot(x, self.weights(x.dtype), axes=[[-1], [0]])
+        y.set_shape(x.shape[:-1].concatenate([self.features_out]))
+        return y + tf.cast(self.bias, x.dtype)
 
 
 

@@ -11,7 +11,7 @@ from pixelcnn_tf.models.pixel_rnn import PixelRNN
 from pixelcnn_tf.models.pixelcnn import PixelCNNBlock
 from pixelcnn_tf.models.row_lstm import RowLSTMBlock
 from pixelcnn_tf.nn.masks import get_mask
-from test_layers import numpy_masked_conv
+from helpers import numpy_masked_conv
 
 
 def sigmoid(x):
@@ -355,7 +355,7 @@ def test_row_lstm_field_is_a_triangle():
 from conftest import model_with_layer  # noqa: E402
 from pixelcnn_tf.models import row_lstm  # noqa: E402
 from pixelcnn_tf.nn.layers import split_colour_groups  # noqa: E402
-from test_models import raster_jacobian  # noqa: E402
+from helpers import raster_jacobian  # noqa: E402
 
 
 def future_dependence(layer_cls, channels=3):
