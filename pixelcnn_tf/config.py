@@ -387,15 +387,46 @@ def read_yaml(path: str) -> Dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping of sections "
                           f"({', '.join(_SECTION_TYPES)}), got {type(raw).__name__}")
     for section, values in (raw or {}).items():
+        if section == BASE_KEY:
+            continue  # a file name, resolved by read_config_file
         if values is not None and not isinstance(values, Mapping):
             raise ConfigError(f"config file {path}: section '{_show(section)[1:-1]}' must be "
                               f"a mapping of keys to values, got {_show(values)}")
     return raw or {}
 
 
+BASE_KEY = "base"  # a config may say only what differs from another: base: quickstart.yml
+MAX_BASE_DEPTH = 8
+
+
+def read_config_file(path: str, _children: tuple = ()) -> Dict[str, Any]:
+    """The sections of the config file ``path``, with its ``base`` resolved: a file that
+    names ``base: OTHER.yml`` (a path relative to its own folder) starts from OTHER's
+    resolved sections and changes the keys it sets (key by key; a key's value is replaced
+    whole)."""
+    raw = dict(read_yaml(path))
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config file {path}: base={_show(base)} must name another config "
+                          f"file, e.g. base: quickstart.yml")
+    chain = (*_children, os.path.abspath(path))
+    base_path = os.path.join(os.path.dirname(path), base)
+    if os.path.abspath(base_path) in chain or len(chain) > MAX_BASE_DEPTH:
+        raise ConfigError(f"config file {path}: base: {base} leads back to itself (or more "
+                          f"than {MAX_BASE_DEPTH} files deep); name a complete config file")
+    merged = {section: dict(values or {})
+              for section, values in read_config_file(base_path, chain).items()}
+    for section, values in raw.items():
+        merged.setdefault(section, {}).update(values or {})
+    return merged
+
+
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
-    """Reads ``path`` (YAML; None for all defaults), applies overrides, validates."""
-    raw = read_yaml(path) if path else {}
+    """Reads ``path`` (YAML, its ``base`` resolved; None for all defaults), applies
+    overrides, validates."""
+    raw = read_config_file(path) if path else {}
     return config_from_dict(apply_overrides(raw, overrides))
 
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import yaml
 
@@ -101,6 +103,30 @@ def test_shipped_configs_load():
         cfg = load_config(path)
         if cfg.data.dataset == "cifar10":
             check_model_fits_images(cfg.model, (32, 32, 3))
+        # A variant says what differs: a base, and fewer lines than the base's complete file.
+        if os.path.basename(path) not in ("quickstart.yml", "cifar10_pixelcnn_pp.yml"):
+            raw = yaml.safe_load(open(path))
+            assert "base" in raw, path
+
+
+def test_a_config_says_what_differs_from_its_base(tmp_path):
+    (tmp_path / "base.yml").write_text("data: {batch_size: 8}\nmodel: {type: gated_pixelcnn, "
+                                       "hidden_dim: 6, multiscale: {factor: 2}}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "variant.yml").write_text(
+        "base: ../base.yml\nmodel: {hidden_dim: 9, multiscale: null}\ntrain: {steps: 3}\n")
+    cfg = load_config(str(tmp_path / "sub" / "variant.yml"), ["data.batch_size=4"])
+    assert (cfg.data.batch_size, cfg.model.type, cfg.model.hidden_dim, cfg.model.multiscale,
+            cfg.train.steps) == (4, "gated_pixelcnn", 9, None, 3)
+    (tmp_path / "loop.yml").write_text("base: loop.yml\n")
+    with pytest.raises(ConfigError, match="base: loop.yml leads back to itself"):
+        load_config(str(tmp_path / "loop.yml"))
+    (tmp_path / "missing.yml").write_text("base: nowhere.yml\n")
+    with pytest.raises(ConfigError, match="nowhere.yml does not exist"):
+        load_config(str(tmp_path / "missing.yml"))
+    (tmp_path / "bad.yml").write_text("base: [1, 2]\n")
+    with pytest.raises(ConfigError, match="base=\\[1, 2\\] must name another config file"):
+        load_config(str(tmp_path / "bad.yml"))
 
 
 @pytest.mark.parametrize("overrides,message", [
