@@ -54,3 +54,10 @@ def test_the_readme_mask_snippet_runs_as_written(tmp_path, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["mask"].shape == (5, 5, 3, 3)
     assert (tmp_path / "mask_a.png").stat().st_size > 0
+
+
+def test_the_base_example_is_the_shipped_file():
+    text = open(os.path.join(ROOT, "docs", "configuration.md")).read()
+    example = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    shipped = open(os.path.join(ROOT, "configs", "quickstart_gated_pixelcnn.yml")).read()
+    assert shipped.endswith(example)
