@@ -193,8 +193,8 @@ def test_parameter_count_and_errors():
     assert model.small.image_shape == (3, 2, 1) and model.large.context_factor == 2
     with pytest.raises(ValueError, match="pass context, the small image"):
         model.large(tf.zeros([1, *SHAPE, 1]))
-    with pytest.raises(ValueError, match="takes no context images"):
-        model.small(tf.zeros([1, 3, 2, 1]), context=tf.zeros([1, 1, 1, 1]))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'context'"):
+        model.small(tf.zeros([1, 3, 2, 1]), context=tf.zeros([1, 1, 1, 1]))  # a plain PixelRNN
     with pytest.raises(ValueError, match=r"takes context images \[B, 3, 2, 1\]"):
         model.large(tf.zeros([1, *SHAPE, 1]), context=tf.zeros([1, 2, 2, 1]))
     cfg = tiny_config(1, multiscale="{factor: 4}")
