@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from pixelcnn_tf.likelihood import Distribution
 from pixelcnn_tf.models.base import PixelLayer, Position, check_image_shape, check_inputs
-from pixelcnn_tf.models.pixel_rnn import PixelRNN
+from pixelcnn_tf.models.pixel_rnn import PixelRNN, settings_of
 from pixelcnn_tf.nn.layers import Conv2D, per_image
 
 
@@ -210,11 +210,6 @@ class MultiScalePixelRNN(tf.Module):
     @classmethod
     def from_config(cls, layer_cls: Type[PixelLayer], model_config, image_shape,
                     compute_dtype: tf.DType = tf.float32) -> "MultiScalePixelRNN":
-        m = model_config
-        settings = dict(hidden_dim=m.hidden_dim, out_dim=m.out_dim, n_layers=m.n_layers,
-                        kernel_size=m.kernel_size, input_kernel_size=m.input_kernel_size,
-                        num_classes=m.num_classes, output=m.output,
-                        num_mixtures=m.num_mixtures, dilations=m.dilations,
-                        layer_options={k: getattr(m, k) for k in layer_cls.OPTIONS})
-        return cls(image_shape, m.multiscale["factor"], layer_cls, compute_dtype=compute_dtype,
-                   name="multiscale", **settings)
+        return cls(image_shape, model_config.multiscale["factor"], layer_cls,
+                   compute_dtype=compute_dtype, name="multiscale",
+                   **settings_of(layer_cls, model_config))

@@ -14,6 +14,17 @@ from pixelcnn_tf.models.base import (PixelLayer, Position, check_dilations, chec
 from pixelcnn_tf.nn.layers import ConvStep, MaskedConv2D, colour_group, per_image
 
 
+def settings_of(layer_cls: Type[PixelLayer], model_config) -> dict:
+    """The container's keyword settings from a ``ModelConfig``: those every pixel-layer
+    type takes, and the layer type's own (``layer_cls.OPTIONS``)."""
+    m = model_config
+    return dict(hidden_dim=m.hidden_dim, out_dim=m.out_dim, n_layers=m.n_layers,
+                kernel_size=m.kernel_size, input_kernel_size=m.input_kernel_size,
+                num_classes=m.num_classes, output=m.output, num_mixtures=m.num_mixtures,
+                dilations=m.dilations,
+                layer_options={k: getattr(m, k) for k in layer_cls.OPTIONS})
+
+
 class PixelRNN(tf.Module):
     """Autoregressive image model over sub-pixels in raster order, R < G < B.
 
@@ -84,15 +95,9 @@ class PixelRNN(tf.Module):
     def from_config(cls, layer_cls: Type[PixelLayer], model_config, image_shape,
                     compute_dtype: tf.DType = tf.float32, name: str = "pixel_rnn",
                     **extra) -> "PixelRNN":
-        """The container of ``model_config`` (a ``ModelConfig``) with ``layer_cls``: the
-        settings every pixel-layer type takes, and its own (``layer_cls.OPTIONS``)."""
-        m = model_config
-        return cls(image_shape, layer_cls, hidden_dim=m.hidden_dim, out_dim=m.out_dim,
-                   n_layers=m.n_layers, kernel_size=m.kernel_size,
-                   input_kernel_size=m.input_kernel_size, num_classes=m.num_classes,
-                   output=m.output, num_mixtures=m.num_mixtures, dilations=m.dilations,
-                   layer_options={k: getattr(m, k) for k in layer_cls.OPTIONS},
-                   compute_dtype=compute_dtype, name=name, **extra)
+        """The container of ``model_config`` (a ``ModelConfig``) with ``layer_cls``."""
+        return cls(image_shape, layer_cls, compute_dtype=compute_dtype, name=name,
+                   **settings_of(layer_cls, model_config), **extra)
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
