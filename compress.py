@@ -6,6 +6,10 @@ IMAGES: an .npz (``images`` uint8 [N, H, W] or [N, H, W, C], optional ``labels``
 PNG, or a folder of PNGs, of the model's image shape. Prints the file's size and its
 bits/dim next to the model's own bits/dim on the same images. Decompress with
 decompress.py and the same workdir (the file holds a fingerprint of the model).
+
+A run of data.bits < 8 codes its levels: images already at that depth (for 1 bit: 0 and
+255) come back byte for byte; others are refused unless --quantize says to code them
+quantized (decompress.py then gives the quantized images).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     parser.add_argument("--verify", action="store_true",
                         help="decode the file again and compare (twice the time)")
+    parser.add_argument("--quantize", action="store_true",
+                        help="code images at the run's data.bits even when that changes them")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
     from pixelcnn_tf.errors import ConfigError
@@ -38,6 +44,10 @@ def main(argv: Sequence[str]) -> int:
                           f"{os.path.join(args.output, 'images.pxz')}")
     if os.path.exists(args.output) and not args.force:
         raise ConfigError(f"{args.output} exists; choose another name or add --force")
+    parent = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"-o {args.output}: {parent} is not a writable folder; choose "
+                          f"another output")
     cli.import_tensorflow_quietly()
 
     import numpy as np
@@ -49,11 +59,12 @@ def main(argv: Sequence[str]) -> int:
     from pixelcnn_tf.files import write_bytes_atomically
 
     run = load_for_inference(args.workdir, args.overrides)
-    images, labels, names = data_lib.load_image_files(args.images)
+    images, labels, names = data_lib.load_image_files(args.images, run.image_shape)
     if images.shape[1:] != tuple(run.image_shape):
         raise DataError(f"{args.images}: images are {'x'.join(map(str, images.shape[1:]))} "
                         f"but the model of {args.workdir} takes "
                         f"{'x'.join(map(str, run.image_shape))}")
+    images = data_lib.levels_of_files(images, run.config.data, args.images, args.quantize)
     if run.conditional and labels is None:
         raise DataError(f"the model of {args.workdir} is class-conditional: give an .npz "
                         f"with a 'labels' array next to 'images'")

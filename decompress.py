@@ -40,13 +40,17 @@ def main(argv: Sequence[str]) -> int:
     with open(args.file, "rb") as f:
         data = f.read()
     header = codec.read_header(data, args.file)  # a damaged file fails before the model loads
+    # Where the images go is checked before the decoding work: existing files, names that
+    # repeat or collide in case, a location that is not writable.
+    data_lib.check_image_output(args.output, header.count, header.names, args.force)
     run = load_for_inference(args.workdir, args.overrides)
     with run.inference_weights():  # the weights compress.py used
         start = time.perf_counter()
         images = codec.decode(run.model, data, args.file)
         seconds = time.perf_counter() - start
-    written = data_lib.save_image_files(args.output, images, header.labels, header.names,
-                                        overwrite=args.force)
+    written = data_lib.save_image_files(args.output,
+                                        data_lib.to_intensities(images, header.bits),
+                                        header.labels, header.names, overwrite=args.force)
     if header.labels is not None and not args.output.lower().endswith(".npz"):
         print(f"note: {args.file} holds labels, which PNGs cannot carry; decompress to an "
               f".npz to get them")

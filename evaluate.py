@@ -64,15 +64,17 @@ def main(argv: Sequence[str]) -> int:
 
 def _check_args(args) -> None:
     """Bad option values: one line and exit 2 (ConfigError), before TensorFlow loads."""
+    from pixelcnn_tf.config import MAX_SAMPLES
     from pixelcnn_tf.errors import ConfigError
-    if args.samples < 0:
-        raise ConfigError(f"--samples {args.samples}: give a number of images >= 1")
-    if args.completions < 0:
+    if not 0 <= args.samples <= MAX_SAMPLES:
+        raise ConfigError(f"--samples {args.samples}: give a number of images from 1 to "
+                          f"{MAX_SAMPLES}")
+    if args.completions < 0 or args.completions * args.completion_images > MAX_SAMPLES:
         raise ConfigError(f"--completions {args.completions}: give a number of completions "
-                          f"per image >= 1")
-    if args.completion_images < 1:
+                          f"per image >= 1, at most {MAX_SAMPLES} images in all")
+    if not 1 <= args.completion_images <= MAX_SAMPLES:
         raise ConfigError(f"--completion-images {args.completion_images}: give a number of "
-                          f"images >= 1")
+                          f"images from 1 to {MAX_SAMPLES}")
     for flag, path in (("--out", args.out), ("--completion-out", args.completion_out)):
         if path is not None and (os.path.isdir(path) or path.endswith(os.sep)):
             raise ConfigError(f"{flag} {path} is a directory; give a file name such as "
@@ -106,8 +108,9 @@ def _evaluate(args, config, run) -> int:
         result = run.evaluate(data_lib.eval_pipeline(split, config.data.eval_batch_size))
         precision = config.train.mixed_precision
         arithmetic = "" if precision == "none" else f", {precision} arithmetic"
-        print(f"{config.data.dataset} {split_name}: {result.bits_per_dim:.4f} bits/dim over "
-              f"{result.num_images} images (step {run.step}{arithmetic})", flush=True)
+        print(f"{config.data.dataset} {split_name}: {result.bits_per_dim:.4f} bits/dim, "
+              f"{result.nats_per_image:.2f} nats/image over {result.num_images} images "
+              f"({config.data.bits}-bit, step {run.step}{arithmetic})", flush=True)
         record = {**result.as_dict(), "dataset": config.data.dataset, "path": config.data.path,
                   "split": split_name, "step": run.step, "mixed_precision": precision}
         out_json = workdir_lib.eval_json_path(args.workdir, config.data, split_name)
@@ -116,7 +119,7 @@ def _evaluate(args, config, run) -> int:
 
     if args.samples:
         out = args.out or workdir_lib.samples_path(args.workdir, "eval.png")
-        images = run.sample(args.samples)
+        images = data_lib.to_intensities(run.sample(args.samples), config.data.bits)
         _write(out, lambda: viz.save_grid(
             images, out, title=f"{args.samples} samples, step {run.step}"))
 
@@ -130,7 +133,9 @@ def _evaluate(args, config, run) -> int:
             run.model, originals.numpy(), rows, args.completions, seed=s.seed,
             temperature=s.temperature, method=s.method,
             labels=labels.numpy() if run.conditional else None)
-        fig = viz.completion_figure(originals.numpy(), completions, rows,
+        bits = config.data.bits
+        fig = viz.completion_figure(data_lib.to_intensities(originals.numpy(), bits),
+                                    data_lib.to_intensities(completions, bits), rows,
                                     title=f"original | top {rows} rows given | "
                                           f"{args.completions} completions")
         png = viz.figure_to_png(fig)

@@ -97,8 +97,8 @@ def _run(args, config, strategy) -> int:
         return 0  # the checkpoint is written; no evaluation or export
     val = result.get("validation")
     if val:
-        print(f"validation bits/dim: {val['bits_per_dim']:.4f} ({val['num_images']} images, "
-              f"step {result['step']})")
+        print(f"validation bits/dim: {val['bits_per_dim']:.4f}, {val['nats_per_image']:.2f} "
+              f"nats/image ({val['num_images']} images, step {result['step']})")
     elif not trainer.is_chief:
         print(f"worker finished at step {result['step']}")
     else:

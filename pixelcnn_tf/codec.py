@@ -5,6 +5,11 @@ distributions turns every sub-pixel into -log2 p(value) bits. ``encode`` and ``d
 do that with the range coder of ``constriction`` (a maintained entropy-coding library:
 exact arithmetic on integer frequencies, streams that a decoder reads back bit for bit).
 
+Images are coded as the model's levels 0..2^bits - 1 (``data.bits``); compress.py
+quantizes 8-bit files to them and decompress.py writes them back as intensities
+(``data.to_intensities``), so a file of images already at the run's bit depth round-trips
+byte for byte.
+
 Exact decoding. The decoder can learn sub-pixel k only after decoding the ones before
 it, so it must run the model one step at a time (the fast sampler's incremental
 evaluation). A full pass would give the encoder the same distributions only up to the
@@ -13,7 +18,7 @@ sides run the *same* computation: ``walk`` (models/base.py) in one ``tf.function
 batches (the batch size is in the file), starting from zero images into which each step
 writes its coded values. The encoder's ``fill`` supplies the true values and the
 decoder's the decoded ones; everything the network reads is identical, bit for bit, and
-so are the logits. Each sub-pixel's logits ``[N, 256]`` go to numpy
+so are the logits. Each sub-pixel's logits ``[N, L]`` go to numpy
 (``tf.numpy_function``), which turns them into integer frequencies (``quantize``: every
 value at least 1, sum 2^24) that the coder uses.
 
@@ -26,9 +31,9 @@ File layout (little-endian)::
 
   magic "PXCNNZ", format version (1 byte)
   height, width (u16), channels (u8), image count (u32), batch size (u16), flags (u8:
-    1 = labels stored, 2 = names stored)
+    1 = labels stored, 2 = names stored, bits 2-4 = 8 - the images' bit depth)
   model fingerprint (16 bytes: sha256 of the architecture and every weight)
-  image digest (16 bytes: sha256 of the uint8 images)
+  image digest (16 bytes: sha256 of the uint8 levels)
   length of the extras (u32), length of the payload (u32)
   extras: zlib of labels (int32 [N]) and/or names (JSON list), when stored
   payload: the range coder's 32-bit words, all batches in one stream
@@ -39,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import struct
 import weakref
 import zlib
@@ -50,7 +56,6 @@ import tensorflow as tf
 
 from pixelcnn_tf.models.base import has_steps, walk
 from pixelcnn_tf.errors import DataError
-from pixelcnn_tf.likelihood import N_LEVELS
 from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
 from pixelcnn_tf.sampling import write_pixel
 
@@ -62,6 +67,7 @@ DEFAULT_BATCH_SIZE = 64
 _FIXED = struct.Struct("<6sB HHBIHB 16s16s II")  # everything before the extras
 _CRC = struct.Struct("<I")
 _LABELS, _NAMES = 1, 2  # flags
+_DEPTH_SHIFT, _DEPTH_MASK = 2, 7 << 2  # flags: 8 - bits (0 for 8-bit: version-1 files)
 
 
 class CodecError(DataError):
@@ -71,13 +77,13 @@ class CodecError(DataError):
 
 # -- probabilities → integer frequencies -----------------------------------------------------
 def quantize(logits: np.ndarray) -> np.ndarray:
-    """Logits ``[N, 256]`` (any scale; normalised here) → int64 frequencies ``[N, 256]``,
+    """Logits ``[N, L]`` (any scale; normalised here) → int64 frequencies ``[N, L]``,
     every one >= 1, each row summing to exactly 2^24.
 
-    p = softmax(logits) in float64; each value gets 1 + floor(p · (2^24 - 256)) and the
-    most probable value takes the remainder (at most 256). The cost over -log2 p is at most
-    256 / 2^24 of probability mass per sub-pixel (about 2e-5 bits). A pure function of the
-    logits' bits: both sides compute it from identical logits.
+    p = softmax(logits) in float64; each value gets 1 + floor(p · (2^24 - L)) and the
+    most probable value takes the remainder (at most L). The cost over -log2 p is at most
+    L / 2^24 of probability mass per sub-pixel (about 2e-5 bits for L = 256). A pure
+    function of the logits' bits: both sides compute it from identical logits.
     """
     logits = np.asarray(logits, np.float64)
     if not np.all(np.isfinite(logits)):
@@ -85,19 +91,26 @@ def quantize(logits: np.ndarray) -> np.ndarray:
                          "or diverged: retrain or restore a good checkpoint")
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    freqs = np.floor(p * (TOTAL - N_LEVELS)).astype(np.int64) + 1  # sum <= 2^24
+    freqs = np.floor(p * (TOTAL - p.shape[1])).astype(np.int64) + 1  # sum <= 2^24
     rows = np.arange(len(freqs))
     freqs[rows, np.argmax(freqs, axis=1)] += TOTAL - freqs.sum(axis=1)
     return freqs
 
 
+def _least_bits_per_subpixel(bits: int) -> float:
+    """The fewest bits any sub-pixel can cost: its most probable value gets at most
+    2^24 - (L - 1) of the 2^24 (every other value keeps 1)."""
+    n_levels = 2 ** bits
+    return -math.log2((TOTAL - n_levels + 1) / TOTAL)
+
+
 def code_length_bits(freqs: np.ndarray, values: np.ndarray) -> float:
-    """The ideal code length in bits of ``values`` ``[N]`` under ``freqs`` ``[N, 256]``."""
+    """The ideal code length in bits of ``values`` ``[N]`` under ``freqs`` ``[N, L]``."""
     return float(-np.log2(freqs[np.arange(len(values)), values] / TOTAL).sum())
 
 
 # constriction's Categorical quantizes float probabilities "leakily": 1 + its share of the
-# remaining 2^24 - 256. Given exactly f - 1 (integers summing to 2^24 - 256) it reproduces
+# remaining 2^24 - L. Given exactly f - 1 (integers summing to 2^24 - L) it reproduces
 # the frequencies f (tests/test_codec.py checks the code lengths). One model family serves
 # every sub-pixel; its probabilities come with each call.
 CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
@@ -123,6 +136,8 @@ def fingerprint(model) -> bytes:
     dilations = getattr(model, "dilations", ())
     if any(d != 1 for d in dilations):  # (undilated models keep their old fingerprint)
         architecture["dilations"] = list(dilations)
+    if distribution.n_levels != 256:  # (8-bit models keep their old fingerprint)
+        architecture["n_levels"] = int(distribution.n_levels)
     h.update(json.dumps(architecture, sort_keys=True).encode())
     for v in model.trainable_variables:
         value = np.ascontiguousarray(v.numpy())
@@ -135,6 +150,11 @@ def image_digest(images: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(images, np.uint8).tobytes()).digest()[:16]
 
 
+def bits_of(model) -> int:
+    """The bit depth of the images ``model`` codes."""
+    return int(model.distribution.n_levels).bit_length() - 1
+
+
 # -- the file --------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Header:
@@ -142,6 +162,7 @@ class Header:
     image_shape: tuple
     count: int
     batch_size: int
+    bits: int  # the images' bit depth: values 0..2^bits - 1
     fingerprint: bytes
     digest: bytes
     labels: Optional[np.ndarray]  # int32 [N] when stored
@@ -163,6 +184,7 @@ def _pack(header: Header) -> bytes:
         flags |= _NAMES
         extras += json.dumps(list(header.names)).encode()
     extras = zlib.compress(extras, 9) if extras else b""
+    flags |= (8 - header.bits) << _DEPTH_SHIFT
     payload = np.asarray(header.payload, "<u4").tobytes()
     height, width, channels = header.image_shape
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, height, width, channels, header.count,
@@ -196,8 +218,16 @@ def read_header(data: bytes, what: str = "the data") -> Header:
         raise CodecError(f"{what} is corrupted (its CRC-32 does not match); compress the "
                          f"images again")
     if (channels not in (1, 3) or min(height, width, count, batch_size) < 1
-            or payload_len % 4 or flags & ~(_LABELS | _NAMES)):
+            or payload_len % 4 or flags & ~(_LABELS | _NAMES | _DEPTH_MASK)):
         raise CodecError(f"{what} has an invalid header; compress the images again")
+    bits = 8 - ((flags & _DEPTH_MASK) >> _DEPTH_SHIFT)
+    least = count * height * width * channels * _least_bits_per_subpixel(bits)
+    if 8 * payload_len + 64 < least:  # the coder's output is within 64 bits of the ideal
+        raise CodecError(f"{what} claims {count:,} images but its {payload_len:,}-byte "
+                         f"payload could code at most a fraction of them (even at the "
+                         f"model's best, each of its {height * width * channels:,} "
+                         f"sub-pixels costs {_least_bits_per_subpixel(bits):.2g} bits); it "
+                         f"is damaged or forged: compress the images again")
     start = _FIXED.size
     try:
         labels, names = _unpack_extras(data[start:start + extras_len], flags, count)
@@ -206,8 +236,8 @@ def read_header(data: bytes, what: str = "the data") -> Header:
                          f"read); compress the images again") from None
     payload = np.frombuffer(data[start + extras_len:start + extras_len + payload_len],
                             "<u4").astype(np.uint32)
-    return Header((height, width, channels), count, batch_size, model_id, digest, labels,
-                  names, payload)
+    return Header((height, width, channels), count, batch_size, bits, model_id, digest,
+                  labels, names, payload)
 
 
 def _unpack_extras(extras: bytes, flags: int, count: int):
@@ -234,19 +264,29 @@ def _unpack_extras(extras: bytes, flags: int, count: int):
 class _Coder:
     """The Python side of one encode or decode: the range coder and the images."""
 
-    def __init__(self, encoder=None, decoder=None, truth: Optional[np.ndarray] = None):
+    def __init__(self, encoder=None, decoder=None, truth: Optional[np.ndarray] = None,
+                 budget: Optional[float] = None, bits: float = 0.0):
         self.encoder, self.decoder = encoder, decoder
         self.truth = truth  # [N, H·W·C] int32 (encoding), else None
-        self.bits = 0.0  # ideal code length of what was encoded so far
+        self.bits = bits  # ideal code length of what was coded so far
+        # Decoding: the payload's size in bits (+ the coder's 64). The values decoded so
+        # far cost at least their ideal code length, so once that passes the budget the
+        # payload has run out: a damaged or forged file, stopped at that sub-pixel.
+        self.budget = budget
         self.error: Optional[Exception] = None
 
     def __call__(self, logits: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """Sub-pixel ``k`` of every image in the batch: its logits ``[N, 256]`` → values."""
+        """Sub-pixel ``k`` of every image in the batch: its logits ``[N, L]`` → values."""
         try:
             freqs = quantize(logits)
             probabilities = _coder_probabilities(freqs)
             if self.decoder is not None:
-                return np.asarray(self.decoder.decode(CATEGORICAL, probabilities), np.int32)
+                values = np.asarray(self.decoder.decode(CATEGORICAL, probabilities), np.int32)
+                self.bits += code_length_bits(freqs, values)
+                if self.bits > self.budget:
+                    raise CodecError("the payload runs out before the images it claims: "
+                                     "the file is damaged; compress the images again")
+                return values
             values = np.ascontiguousarray(self.truth[:, int(k)])
             self.encoder.encode(values, CATEGORICAL, probabilities)
             self.bits += code_length_bits(freqs, values)
@@ -275,7 +315,7 @@ class _CodingLoop:
             pixel = images[:, pos.i, pos.j, :]  # int32 [N, C]
             for g in range(colours_per_step):  # the colours of this step, in order
                 c = pos.c * colours_per_step + g
-                logits = distribution.subpixel_logits(params, pixel, c)  # [N, 256]
+                logits = distribution.subpixel_logits(params, pixel, c)  # [N, L]
                 k = (pos.i * width + pos.j) * channels + c  # the sub-pixel's raster index
                 values = tf.numpy_function(code, [logits, k], tf.int32, stateful=True)
                 values = tf.ensure_shape(values, [None])
@@ -363,8 +403,13 @@ def encode_with_stats(model, images, labels=None, *, names: Optional[Sequence[st
     if images.ndim != 4 or tuple(images.shape[1:]) != shape:
         raise CodecError(f"images must be uint8 [N, {', '.join(map(str, shape))}] for this "
                          f"model, got shape {images.shape}")
+    top = model.distribution.n_levels - 1
     if images.dtype != np.uint8:
-        raise CodecError(f"images must be uint8 intensities 0..255, got dtype {images.dtype}")
+        raise CodecError(f"images must be uint8 levels 0..{top}, got dtype {images.dtype}")
+    if images.size and images.max() > top:
+        raise CodecError(f"images hold values up to {images.max()} but this model codes "
+                         f"{bits_of(model)}-bit levels 0..{top}: quantize them first "
+                         f"(pixelcnn_tf.data.quantize; compress.py does it)")
     count = len(images)
     if count < 1 or count >= 2**32:
         raise CodecError(f"give between 1 and 2^32 - 1 images, got {count}")
@@ -381,8 +426,9 @@ def encode_with_stats(model, images, labels=None, *, names: Optional[Sequence[st
         _run(model, coder, len(truth), None if labels is None else labels[part])
         bits += coder.bits
     payload = encoder.get_compressed()
-    header = Header(shape, count, int(batch_size), fingerprint(model), image_digest(images),
-                    labels, None if names is None else [str(n) for n in names], payload)
+    header = Header(shape, count, int(batch_size), bits_of(model), fingerprint(model),
+                    image_digest(images), labels,
+                    None if names is None else [str(n) for n in names], payload)
     return Encoded(_pack(header), bits, 4 * len(payload))
 
 
@@ -393,7 +439,7 @@ def encode(model, images, labels=None, *, names: Optional[Sequence[str]] = None,
     Args:
       model: a model from ``build_model`` with trained weights (the same weights must
         decode: the file holds their fingerprint).
-      images: uint8 ``[N, H, W, C]``.
+      images: uint8 levels ``[N, H, W, C]`` (0..2^bits - 1 for the model's bit depth).
       labels: class ids ``[N]``: required by class-conditional models; stored in the file
         (returned by ``read_header``) whenever given.
       names: optional file names ``[N]``, stored in the file.
@@ -411,6 +457,10 @@ def check_model(model, header: Header, what: str = "the data") -> None:
         raise CodecError(f"{what} holds {'x'.join(map(str, header.image_shape))} images but "
                          f"this model takes {'x'.join(map(str, model.image_shape))}; "
                          f"decompress with the run that compressed it")
+    if header.bits != bits_of(model):
+        raise CodecError(f"{what} holds {header.bits}-bit images but this model codes "
+                         f"{bits_of(model)}-bit ones (data.bits); decompress with the run "
+                         f"that compressed it")
     if header.fingerprint != fingerprint(model):
         raise CodecError(f"{what} was compressed with another model (fingerprint "
                          f"{header.fingerprint.hex()}, this model's is "
@@ -419,17 +469,19 @@ def check_model(model, header: Header, what: str = "the data") -> None:
 
 
 def decode(model, data: bytes, what: str = "the data") -> np.ndarray:
-    """Decompresses ``data`` written by ``encode`` with the same model → uint8
+    """Decompresses ``data`` written by ``encode`` with the same model → uint8 levels
     ``[N, H, W, C]`` in the order encoded. Raises CodecError for foreign, damaged or
     truncated data, another model, or a decode that does not reproduce the images."""
     header = read_header(data, what)
     check_model(model, header, what)
     decoder = constriction.stream.queue.RangeDecoder(header.payload)
     out = np.zeros((header.count, *header.image_shape), np.uint8)
+    budget, bits = 32.0 * len(header.payload) + 64, 0.0
     for part in _batches(header.count, header.batch_size):
-        coder = _Coder(decoder=decoder)
+        coder = _Coder(decoder=decoder, budget=budget, bits=bits)
         labels = None if header.labels is None else header.labels[part]
         out[part] = _run(model, coder, part.stop - part.start, labels)
+        bits = coder.bits
     if image_digest(out) != header.digest:
         raise CodecError(f"decoding {what} did not reproduce the compressed images (their "
                          f"digest differs): it must run on the machine type and "

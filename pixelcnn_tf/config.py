@@ -74,6 +74,8 @@ def _model_types():
 
 
 SAMPLE_METHODS = ("naive", "fast")  # sampling.generate_images(method=...)
+MAX_SAMPLES = 4096  # images drawn in one batch: sample.n_images, evaluate.py --samples, SavedModel
+MAX_CLASSES = 65536  # model.num_classes: its class vectors are stored per layer
 
 
 def _sample_methods():
@@ -92,6 +94,13 @@ class DataConfig:
     # Decoded training images are cached in memory when they take at most this many MiB
     # (CIFAR-10: 132 MiB); larger datasets are re-read and decoded every epoch. 0: never.
     cache_mb: int = field(default=4096, metadata={"min": 0})
+    # Bit depth the model sees: 8-bit images are quantized to 2^bits levels when loaded
+    # (the 8 - bits low bits dropped; data.quantize). 1 = binary images.
+    bits: int = field(default=8, metadata={"min": 1, "max": 8})
+    # bits: 1 only: a pixel is 1 where its 8-bit value >= threshold·256 (the Keras
+    # example's binarized MNIST: 0.33); null: value >= 128, as any other bit depth.
+    threshold: Optional[float] = field(default=None, metadata={"min_exclusive": 0.0,
+                                                               "max": 255 / 256})
 
 
 @dataclass
@@ -102,7 +111,7 @@ class ModelConfig:
     n_layers: int = field(default=5, metadata={"min": 0})
     kernel_size: int = field(default=3, metadata={"min": 1, "odd": True})
     input_kernel_size: int = field(default=7, metadata={"min": 1, "odd": True})
-    num_classes: int = field(default=0, metadata={"min": 0})  # 0: unconditional
+    num_classes: int = field(default=0, metadata={"min": 0, "max": MAX_CLASSES})  # 0: unconditional
     # The output distribution: a 256-way softmax per sub-pixel, or PixelCNN++'s
     # discretized logistic mixture per pixel with num_mixtures components.
     output: str = field(default="categorical",
@@ -150,7 +159,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     method: str = field(default="fast", metadata=_choices(_sample_methods))
-    n_images: int = field(default=16, metadata={"min": 1})
+    n_images: int = field(default=16, metadata={"min": 1, "max": MAX_SAMPLES})
     temperature: float = field(default=1.0, metadata={"min_exclusive": 0.0})
     seed: int = field(default=1234, metadata={"min": 0, "max": 2**63 - 1})  # int64
 
@@ -261,6 +270,10 @@ def _check_cross_fields(config: Config) -> None:
         _check_dilations(model)
     if model.multiscale is not None:
         _check_multiscale(model)
+    if config.data.threshold is not None and config.data.bits != 1:
+        raise ConfigError(f"data.threshold={config.data.threshold:g} binarizes images, but "
+                          f"data.bits={config.data.bits}: add --set data.bits=1, or --set "
+                          f"data.threshold=null")
     if config.data.dataset == "npz" and not config.data.path:
         raise ConfigError("data.path must name an .npz file when data.dataset=npz "
                           "(e.g. --set data.path=images.npz)")

@@ -1,7 +1,15 @@
 """Datasets and tf.data pipelines.
 
-Every split yields ``(image, label)``: image uint8 ``[H, W, C]`` (the loss targets; the
-model sees ``image / 255``), label int32 (class id, 0 when the data has none).
+Every split yields ``(image, label)``: image uint8 ``[H, W, C]`` of levels 0..2^bits - 1
+(the loss targets; the model sees ``image / (2^bits - 1)``), label int32 (class id, 0 when
+the data has none).
+
+Bit depth (``data.bits``, ``data.threshold``): every source holds 8-bit intensities; they
+are quantized to 2^bits levels as they are loaded (``quantize``: the 8 - bits low bits
+dropped, v >> (8 - bits), so every level covers the same number of intensities; for 1 bit
+an optional threshold, v >= threshold·256, the Keras example's binarized MNIST at 0.33).
+Levels are shown and written back out as intensities spread over 0..255
+(``to_intensities``), which ``quantize`` maps back to the same levels.
 
 Datasets (``data.dataset``):
   cifar10, mnist, fashion_mnist  TFDS; ``validation`` is the last ``data.validation_size``
@@ -17,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
+import struct
 import urllib.parse
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -90,8 +100,11 @@ def _load_mnist5k(split: str, validation_size: int) -> Split:
                             "mnist5k", allow_all=False)
 
 
-def load_npz_images(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Reads and checks an .npz of images → (uint8 ``[N, H, W, C]``, labels ``[N]`` or None)."""
+def load_npz_images(path: str, image_shape: Optional[Sequence[int]] = None
+                    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Reads and checks an .npz of images → (uint8 ``[N, H, W, C]``, labels ``[N]`` or None).
+    ``image_shape`` (H, W, C): images of another shape are refused from the array's
+    header, before anything is decompressed."""
     if not path or not os.path.exists(path):
         raise DataError(f"data.path={path} does not exist; give an .npz file with an "
                         f"'images' array")
@@ -102,21 +115,29 @@ def load_npz_images(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         with np.load(path, allow_pickle=False) as f:
             if not hasattr(f, "files"):  # a plain .npy array, not an archive
                 raise ValueError("it holds one array, not named arrays")
-            contents = {k: f[k] for k in f.files}
+            if "images" not in f.files:
+                raise DataError(f"{path} has no 'images' array (it has: "
+                                f"{', '.join(f.files[:10]) or 'nothing'}); save it with "
+                                f"np.savez(path, images=uint8_array)")
+            # Only the two arrays read, each checked from its header before it is
+            # decompressed (an unused key or a huge declared shape costs nothing).
+            contents = {}
+            for key in ("images", "labels"):
+                if key in f.files:
+                    _check_npz_array(f, key, path, image_shape if key == "images" else None)
+                    contents[key] = f[key]
+    except DataError:
+        raise
     except Exception as e:  # zip, pickle and format errors of a damaged or foreign file
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise DataError(f"data.path={path} is not a readable .npz file ({reason}); save "
                         f"images with np.savez(path, images=uint8_array)") from None
-    if "images" not in contents:
-        raise DataError(f"{path} has no 'images' array (it has: "
-                        f"{', '.join(contents) or 'nothing'}); save it with "
-                        f"np.savez(path, images=uint8_array)")
     images = contents["images"]
     if images.ndim == 3:
         images = images[..., None]  # [N, H, W] → [N, H, W, 1]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape:
         raise DataError(f"{path}: images must be [N, H, W] or [N, H, W, C] with C = 1 or 3 "
-                        f"and N > 0, got shape {contents['images'].shape}")
+                        f"and N, H, W > 0, got shape {contents['images'].shape}")
     if images.dtype != np.uint8:
         if not np.issubdtype(images.dtype, np.integer):
             raise DataError(f"{path}: images must be uint8 intensities 0..255, got dtype "
@@ -138,6 +159,31 @@ def load_npz_images(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 
 
 MAX_LABEL = 2**31 - 1  # labels travel as int32
+MAX_NPZ_ARRAY_BYTES = 4 * 2**30  # an array read from an .npz: CIFAR-10's 60,000 images are 176 MiB
+
+
+def _check_npz_array(archive, key: str, path: str,
+                     image_shape: Optional[Sequence[int]] = None) -> None:
+    """Refuses array ``key`` of an open .npz from its header alone: a dtype that is not
+    numbers, more than MAX_NPZ_ARRAY_BYTES once loaded, or images not of ``image_shape``."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(member))
+    if dtype.kind not in "uifb":
+        raise DataError(f"{path}: '{key}' holds {dtype} values; save "
+                        f"{'uint8 intensities 0..255' if key == 'images' else 'integer ids'}"
+                        f" with np.savez(path, images=uint8_array)")
+    size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if size > MAX_NPZ_ARRAY_BYTES:
+        raise DataError(f"{path}: '{key}' declares shape {shape} {dtype} "
+                        f"({size / 2**30:.1f} GiB), over the {MAX_NPZ_ARRAY_BYTES // 2**30} GiB "
+                        f"an .npz array may take; split it into smaller files")
+    if image_shape is not None:
+        h, w, c = (int(d) for d in image_shape)
+        if tuple(shape[1:]) not in ((h, w, c),) + (((h, w),) if c == 1 else ()):
+            raise DataError(f"{path}: images are {'x'.join(map(str, shape[1:]))} but the "
+                            f"model takes {h}x{w}x{c}")
 
 
 def _float_advice(images: np.ndarray) -> str:
@@ -231,19 +277,69 @@ def _load_tfds(name: str, split: str, validation_size: int,
                  int(info.features["label"].num_classes), split)
 
 
+def quantize(images, bits: int = 8, threshold: Optional[float] = None) -> tf.Tensor:
+    """8-bit intensities (uint8 ``[..., C]``, numpy or tensor) → uint8 levels
+    0..2^bits - 1: v >> (8 - bits), or for 1 bit with a ``threshold`` in (0, 1),
+    1 where v >= threshold·256. 8 bits: the images unchanged."""
+    images = tf.convert_to_tensor(images, tf.uint8)
+    if threshold is not None:
+        if bits != 1:
+            raise ValueError(f"a threshold binarizes: it needs bits=1, got bits={bits}")
+        return tf.cast(tf.cast(images, tf.float32) >= threshold * 256.0, tf.uint8)
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    return tf.bitwise.right_shift(images, tf.constant(8 - bits, tf.uint8))
+
+
+def to_intensities(levels, bits: int = 8) -> np.ndarray:
+    """Levels 0..2^bits - 1 → uint8 intensities spread over 0..255 (level·255/(2^bits - 1),
+    rounded; 8 bits: unchanged), for PNGs, grids and TensorBoard. ``quantize`` (with any
+    bits and threshold) maps them back to the same levels."""
+    levels = np.asarray(levels)
+    if bits == 8:
+        return levels.astype(np.uint8)
+    return np.round(levels.astype(np.float64) * (255.0 / (2 ** bits - 1))).astype(np.uint8)
+
+
+def levels_of_files(images: np.ndarray, data_config, what: str,
+                    lossy: bool = False) -> np.ndarray:
+    """8-bit images read from files → the run's levels (``data.bits``), refusing (unless
+    ``lossy``) images that quantizing would change: a lossless coder must give back the
+    very bytes it was given."""
+    bits, threshold = data_config.bits, data_config.threshold
+    if bits == 8:
+        return images
+    levels = quantize(images, bits, threshold).numpy()
+    changed = int(np.count_nonzero(to_intensities(levels, bits) != images))
+    if changed and not lossy:
+        raise DataError(f"{what}: {changed:,} of {images.size:,} values are not {bits}-bit "
+                        f"levels (the run models data.bits={bits}: {2 ** bits} values spread "
+                        f"over 0..255) and would not come back unchanged; add --quantize to "
+                        f"code the quantized images")
+    return levels
+
+
 def load_split(data_config, split: str) -> Split:
-    """Loads one split (``train``, ``validation``, ``test`` or, for npz, ``all``)."""
+    """Loads one split (``train``, ``validation``, ``test`` or, for npz, ``all``), its
+    images quantized to ``data.bits``."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     name = data_config.dataset
     if name == "mnist5k":
-        return _load_mnist5k(split, data_config.validation_size)
-    if name == "npz":
-        return _load_npz(data_config.path, split, data_config.validation_size)
-    if name in TFDS_DATASETS:
-        return _load_tfds(name, split, data_config.validation_size, data_config.data_dir)
-    raise DataError(f"unknown dataset {name!r}; allowed: mnist5k, npz, "
-                    f"{', '.join(TFDS_DATASETS)}")
+        loaded = _load_mnist5k(split, data_config.validation_size)
+    elif name == "npz":
+        loaded = _load_npz(data_config.path, split, data_config.validation_size)
+    elif name in TFDS_DATASETS:
+        loaded = _load_tfds(name, split, data_config.validation_size, data_config.data_dir)
+    else:
+        raise DataError(f"unknown dataset {name!r}; allowed: mnist5k, npz, "
+                        f"{', '.join(TFDS_DATASETS)}")
+    bits, threshold = data_config.bits, data_config.threshold
+    if bits == 8:
+        return loaded
+    return dataclasses.replace(loaded, dataset=loaded.dataset.map(
+        lambda image, label: (quantize(image, bits, threshold), label),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def default_eval_split(data_config) -> str:
@@ -286,44 +382,88 @@ def eval_pipeline(split: Split, batch_size: int) -> tf.data.Dataset:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _read_png(path: str) -> np.ndarray:
-    """One 8-bit PNG → uint8 ``[H, W, C]`` (C = 1 grey or 3 RGB; palettes become RGB)."""
+MAX_PNG_BYTES = 64 * 2**20  # a 28x28 PNG is under 1 KB, a 512x512 RGB one under 1 MB
+
+
+def _png_header(path: str, image_shape: Optional[Sequence[int]] = None) -> Tuple[bytes, int]:
+    """One PNG's bytes and colour type, checked from its header before anything is
+    decoded: 8 bits, no alpha, of ``image_shape`` (H, W, C) when given, and of at most
+    MAX_PNG_PIXELS (a decompression bomb declares a huge size in a few hundred bytes)."""
+    if os.path.getsize(path) > MAX_PNG_BYTES:
+        raise DataError(f"{path} is larger than {MAX_PNG_BYTES // 2**20} MiB; give PNGs of "
+                        f"the model's image size")
     with open(path, "rb") as f:
         contents = f.read()
-    if contents[:8] != PNG_SIGNATURE or len(contents) < 33:
+    if contents[:8] != PNG_SIGNATURE or len(contents) < 33 or contents[12:16] != b"IHDR":
         raise DataError(f"{path} is not a PNG file; give PNGs or an .npz with an 'images' "
                         f"array")
-    bit_depth, colour_type = contents[24], contents[25]  # from the IHDR chunk
+    width, height = struct.unpack(">II", contents[16:24])  # from the IHDR chunk
+    bit_depth, colour_type = contents[24], contents[25]
     if bit_depth == 16:
         raise DataError(f"{path} has 16 bits per sample; models take 8-bit images: "
                         f"convert it to 8 bits first")
     if colour_type in (4, 6):
         raise DataError(f"{path} has an alpha channel, which models do not code; save it "
                         f"without alpha (grey or RGB)")
+    channels = 1 if colour_type == 0 else 3  # palettes become RGB
+    if image_shape is not None and (height, width, channels) != tuple(image_shape):
+        raise DataError(f"{path} is {height}x{width}x{channels} but the model takes "
+                        f"{'x'.join(map(str, image_shape))}; give images of its shape")
+    if height * width > MAX_PNG_PIXELS:
+        raise DataError(f"{path} declares {height}x{width} pixels, over the "
+                        f"{MAX_PNG_PIXELS:,} a PNG may have here")
+    return contents, colour_type
+
+
+def _decode_png(path: str, contents: bytes, colour_type: int) -> np.ndarray:
+    """A checked PNG's bytes → uint8 ``[H, W, C]`` (C = 1 grey or 3 RGB)."""
     try:
-        image = tf.io.decode_png(contents, channels=3 if colour_type == 3 else 0).numpy()
+        return tf.io.decode_png(contents, channels=3 if colour_type == 3 else 0).numpy()
     except tf.errors.OpError as e:
-        raise DataError(f"{path} is not a readable PNG ({e.message.splitlines()[0][:100]})"
-                        ) from None
-    return image  # uint8 [H, W, 1 or 3]
+        reason = re.sub(r"\s*\[Op:.*", "", (e.message.strip().splitlines() or [""])[0])
+        raise DataError(f"{path} is damaged or not a PNG ({reason[:100] or 'undecodable'}); "
+                        f"give PNGs or an .npz with an 'images' array") from None
 
 
-def load_image_files(path: str):
+def check_unique_names(names: Sequence[str], where: str) -> None:
+    """Refuses image names that repeat, or differ only in case (one would overwrite the
+    other on a case-insensitive file system)."""
+    seen = {}
+    for name in names:
+        other = seen.get(name.lower())
+        if other is not None:
+            same = "twice" if other == name else f"and {other!r}, which differ only in case"
+            raise DataError(f"{where} names {name!r} {same}: one image would overwrite the "
+                            f"other; rename one, or use an .npz")
+        seen[name.lower()] = name
+
+
+MAX_PNG_PIXELS = 2**26  # 8192x8192
+
+
+def load_image_files(path: str, image_shape: Optional[Sequence[int]] = None):
     """An .npz (``load_npz_images``), one PNG, or a folder of PNGs (sorted by name) →
-    (uint8 ``[N, H, W, C]``, labels ``[N]`` or None, file names or None)."""
+    (uint8 ``[N, H, W, C]``, labels ``[N]`` or None, file names or None). With
+    ``image_shape`` every file's header is checked against it before any is decoded.
+    Names that differ only in case are refused (on a case-insensitive file system one
+    decoded image would overwrite the other)."""
     if not os.path.exists(path):
         raise DataError(f"{path} does not exist; give an .npz, a PNG or a folder of PNGs")
     if os.path.isdir(path):
-        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png")
+                       and os.path.isfile(os.path.join(path, n)))
         if not names:
             raise DataError(f"{path} holds no .png files; give an .npz, a PNG or a folder "
                             f"of PNGs")
     elif path.lower().endswith(".png"):
         path, names = os.path.dirname(path) or ".", [os.path.basename(path)]
     else:
-        images, labels = load_npz_images(path)
+        images, labels = load_npz_images(path, image_shape)
         return images, labels, None
-    images = [_read_png(os.path.join(path, n)) for n in names]
+    check_unique_names(names, path)
+    files = [os.path.join(path, n) for n in names]
+    headers = [_png_header(f, image_shape) for f in files]  # every header, then decode
+    images = [_decode_png(f, *header) for f, header in zip(files, headers)]
     shapes = sorted({im.shape for im in images})
     if len(shapes) > 1:
         first = next(n for n, im in zip(names, images) if im.shape != images[0].shape)
@@ -334,29 +474,24 @@ def load_image_files(path: str):
     return np.stack(images), None, names
 
 
-def save_image_files(path: str, images: np.ndarray, labels: Optional[np.ndarray] = None,
-                     names=None, overwrite: bool = False) -> str:
-    """Writes uint8 ``images`` ``[N, H, W, C]`` to ``path``: an .npz (``images`` and, when
-    given, ``labels``) or a folder of PNGs (``names``, or 000000.png, ... in order). Every
-    file is written atomically; existing files are replaced only with ``overwrite``.
-    Returns what was written, for the user."""
-    from pixelcnn_tf.files import write_bytes_atomically
+def check_image_output(path: str, count: int, names=None, overwrite: bool = False) -> list:
+    """Everything ``save_image_files`` would refuse, checked before any long work: an
+    existing output (without ``overwrite``), names that are not plain, repeat or collide
+    in case, a file where a folder is needed, a location that is not writable. Returns
+    the PNG names (``names``, or 000000.png, ... in order; [] for an .npz)."""
     if path.lower().endswith(".npz"):
         if os.path.exists(path) and not overwrite:
             raise DataError(f"{path} exists; choose another output or add --force to "
                             f"replace it")
-        import io
-        buffer = io.BytesIO()
-        arrays = {"images": images} if labels is None else {"images": images,
-                                                            "labels": labels}
-        np.savez(buffer, **arrays)
-        write_bytes_atomically(path, buffer.getvalue())
-        return f"{path} ({len(images)} images{', with labels' if labels is not None else ''})"
-    names = list(names) if names is not None else [f"{i:06d}.png" for i in range(len(images))]
-    bad = [n for n in names if os.path.basename(n) != n or not n.lower().endswith(".png")]
+        _check_writable(os.path.dirname(os.path.abspath(path)))
+        return []
+    names = list(names) if names is not None else [f"{i:06d}.png" for i in range(count)]
+    bad = [n for n in names if os.path.basename(n) != n or not n.lower().endswith(".png")
+           or "\0" in n]
     if bad:
         raise DataError(f"refusing to write {bad[0]!r}: image names must be plain .png file "
                         f"names; write to an .npz instead")
+    check_unique_names(names, "the images to write")
     if os.path.exists(path) and not os.path.isdir(path):
         raise DataError(f"{path} is a file; give a folder for PNGs or a name ending in .npz")
     clashes = [n for n in names if os.path.exists(os.path.join(path, n))]
@@ -364,7 +499,40 @@ def save_image_files(path: str, images: np.ndarray, labels: Optional[np.ndarray]
         raise DataError(f"{path} already holds {clashes[0]}"
                         f"{f' and {len(clashes) - 1} more' if len(clashes) > 1 else ''} of "
                         f"the images to write; choose another folder or add --force")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # the folder, or where it will be made
+        existing = os.path.dirname(existing)
+    _check_writable(existing)
+    return names
+
+
+def _check_writable(directory: str) -> None:
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DataError(f"{directory} is not writable; choose another output")
+
+
+def save_image_files(path: str, images: np.ndarray, labels: Optional[np.ndarray] = None,
+                     names=None, overwrite: bool = False) -> str:
+    """Writes uint8 ``images`` ``[N, H, W, C]`` to ``path``: an .npz (``images`` and, when
+    given, ``labels``) or a folder of PNGs (``names``, or 000000.png, ... in order). Every
+    file is written atomically; existing files are replaced only with ``overwrite``
+    (``check_image_output`` says what is refused). Returns what was written, counted on
+    disk, for the user."""
+    from pixelcnn_tf.files import write_bytes_atomically
+    names = check_image_output(path, len(images), names, overwrite)
+    if path.lower().endswith(".npz"):
+        import io
+        buffer = io.BytesIO()
+        arrays = {"images": images} if labels is None else {"images": images,
+                                                            "labels": labels}
+        np.savez(buffer, **arrays)
+        write_bytes_atomically(path, buffer.getvalue())
+        return f"{path} ({len(images)} images{', with labels' if labels is not None else ''})"
     os.makedirs(path, exist_ok=True)
     for name, image in zip(names, images):
         write_bytes_atomically(os.path.join(path, name), tf.io.encode_png(image).numpy())
+    written = sum(os.path.isfile(os.path.join(path, n)) for n in names)
+    if written != len(images):
+        raise DataError(f"wrote {written} of {len(images)} PNGs in {path}: the file system "
+                        f"merged some names; decompress to an .npz")
     return f"{len(images)} PNGs in {path}"

@@ -2,7 +2,8 @@
 
 The exported model needs only TensorFlow to load (``tf.saved_model.load``); it exposes
 
-  log_prob(images)                       uint8 [N, H, W, C] → bits/dim of each image [N]
+  log_prob(images)                       uint8 [N, H, W, C] → bits/dim of each image
+                                         ``bits_per_dim`` [N] and its NLL ``nats`` [N]
   sample(n, seed, temperature)           → uint8 [n, H, W, C] (= generate_images)
   complete(images, rows, seed)           keeps the top ``rows`` rows, samples the rest
   serving_default                        = log_prob
@@ -10,9 +11,11 @@ The exported model needs only TensorFlow to load (``tf.saved_model.load``); it e
 Class-conditional models take ``labels`` (int32 [N] / [n]) in every signature. The
 batch size is dynamic everywhere. The config (``assets/config.yml``), the image shape and
 the number of classes are recorded in the SavedModel (attributes ``image_shape``,
-``num_classes``, ``config_yaml``, ``sampling_method``: variables, read with ``.numpy()``).
-Images of another height, width or channel count fail with a message naming the expected
-shape, in the signatures and the attributes alike; float images are refused, never cast.
+``num_classes``, ``bits``, ``config_yaml``, ``sampling_method``: variables, read with
+``.numpy()``). Images are the model's levels 0..2^bits - 1 (``data.bits``; 0..255 for
+8-bit runs): values above are refused with a message naming the bit depth. Images of
+another height, width or channel count fail with a message naming the expected shape, in
+the signatures and the attributes alike; float images are refused, never cast.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import tempfile
 import tensorflow as tf
 import yaml
 
-from pixelcnn_tf.config import Config, config_to_dict
+from pixelcnn_tf.config import MAX_SAMPLES, Config, config_to_dict
 from pixelcnn_tf.models.base import has_steps, unit_images
 from pixelcnn_tf.sampling import get_sampler
 
@@ -43,10 +46,13 @@ class ExportModule(tf.Module):
         # Non-trainable variables: saved with the model, readable after loading.
         self.image_shape = tf.Variable(model.image_shape, trainable=False, dtype=tf.int32)
         self.num_classes = tf.Variable(model.num_classes, trainable=False, dtype=tf.int32)
+        top = model.distribution.n_levels - 1
+        bits = top.bit_length()
+        self.bits = tf.Variable(bits, trainable=False, dtype=tf.int32)
         self.sampling_method = tf.Variable(method, trainable=False)
         self.config_yaml = tf.Variable(yaml.safe_dump(config_to_dict(config), sort_keys=False),
                                        trainable=False)
-        self._sampler = get_sampler(model, method, False, self.conditional)
+        self._sampler = get_sampler(model, method, self.conditional)
         dims = float(height * width * channels)
         images_spec = tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")
         labels_spec = [tf.TensorSpec([None], tf.int32, name="labels")] if self.conditional else []
@@ -64,7 +70,8 @@ class ExportModule(tf.Module):
                     tf.debugging.assert_less(labels[0], model.num_classes,
                                              message="labels must be < num_classes")]
 
-        expected = f"[N, {height}, {width}, {channels}] uint8 (intensities 0..255)"
+        expected = (f"[N, {height}, {width}, {channels}] uint8 (levels 0..{top}, "
+                    f"data.bits={bits})")
 
         def conform(images):
             """images checked against the model's [H, W, C] (the message names it) and
@@ -72,30 +79,36 @@ class ExportModule(tf.Module):
             inference, so the check fails with its message at run time instead of
             EnsureShape failing at trace time."""
             shape, want = tf.shape(images)[1:], tf.constant([height, width, channels])
-            check = tf.debugging.assert_equal(shape, want, message=f"images must be {expected}")
-            with tf.control_dependencies([check]):
+            checks = [tf.debugging.assert_equal(shape, want, message=f"images must be {expected}")]
+            if top < 255:
+                checks.append(tf.debugging.assert_less_equal(
+                    images, tf.constant(top, tf.uint8), message=f"images must be {expected}"))
+            with tf.control_dependencies(checks):
                 images = tf.cond(tf.reduce_all(tf.equal(shape, want)), lambda: images,
                                  lambda: tf.zeros([0, height, width, channels], images.dtype))
             return tf.ensure_shape(images, [None, height, width, channels])
 
         def log_prob(images, *labels):
-            """uint8 images [N, H, W, C] → bits/dim of each image, float32 [N]."""
+            """uint8 images [N, H, W, C] → bits/dim and NLL in nats of each image, float32
+            [N]."""
             images = conform(images)
             with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
-                inputs = unit_images(images)
+                inputs = unit_images(images, model.distribution.n_levels)
                 params = model(inputs, labels[0] if labels else None)
             nats = model.distribution.nll_per_image(params, images)
-            return {"bits_per_dim": nats / (dims * math.log(2.0))}
+            return {"bits_per_dim": nats / (dims * math.log(2.0)), "nats": nats}
 
         def sample(n, seed, temperature, *labels):
             """n images drawn with a seed and a temperature → uint8 [n, H, W, C]."""
             checks = [tf.debugging.assert_positive(n, message="n must be >= 1"),
+                      tf.debugging.assert_less_equal(
+                          n, MAX_SAMPLES, message=f"n must be <= {MAX_SAMPLES} (one batch)"),
                       tf.debugging.assert_positive(temperature,
                                                    message="temperature must be > 0")]
             with tf.control_dependencies(checks + check_labels(labels, n)):
                 images = tf.zeros([n, height, width, channels], tf.int32)
             return {"images": self._sampler(images, tf.constant(0), seed, temperature,
-                                            labels_or_zeros(labels, n))}
+                                            tf.constant(False), labels_or_zeros(labels, n))}
 
         def complete(images, rows, seed, *labels):
             """Keeps the top ``rows`` rows of uint8 images [N, H, W, C], samples the rest."""
@@ -107,7 +120,8 @@ class ExportModule(tf.Module):
             with tf.control_dependencies(checks + check_labels(labels, n)):
                 start = rows * width * channels
             return {"images": self._sampler(tf.cast(images, tf.int32), start, seed,
-                                            tf.constant(1.0), labels_or_zeros(labels, n))}
+                                            tf.constant(1.0), tf.constant(False),
+                                            labels_or_zeros(labels, n))}
 
         scalar = tf.TensorSpec([], tf.int32, name="n")
         seed_spec = tf.TensorSpec([], tf.int64, name="seed")

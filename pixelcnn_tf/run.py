@@ -25,13 +25,19 @@ from pixelcnn_tf.workdir import CONFIG_FILE
 
 @dataclasses.dataclass
 class EvalResult:
+    """An exact evaluation over a split: bits/dim (the summed NLL / (dims·ln 2)) and the
+    NLL in nats per image (the figure binary-image papers quote)."""
     bits_per_dim: float
     num_images: int
     num_dims: int
     total_nats: float
 
+    @property
+    def nats_per_image(self) -> float:
+        return self.total_nats / self.num_images
+
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "nats_per_image": self.nats_per_image}
 
 
 
@@ -96,7 +102,7 @@ class ModelRun:
                 ) -> tf.Tensor:
         """The output distribution's parameters for uint8 ``images`` (``training``: with
         dropout, for models that have it)."""
-        inputs = unit_images(images)  # uint8 → [0, 1]
+        inputs = unit_images(images, self.model.distribution.n_levels)  # uint8 → [0, 1]
         return self.model(inputs, labels if self.conditional else None, training=training)
 
     def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -123,9 +129,9 @@ class ModelRun:
                                           cfg.data.shuffle_buffer, cfg.train.seed,
                                           cfg.data.cache_mb)
         images, labels = next(iter(batches))
+        inputs = unit_images(images, self.model.distribution.n_levels)
         with self.strategy.scope():
-            self.model.initialize_from_data(unit_images(images),
-                                            labels if self.conditional else None)
+            self.model.initialize_from_data(inputs, labels if self.conditional else None)
             if self.average is not None:
                 self.average.reset()
         return True
@@ -180,7 +186,8 @@ def load_trained(config: Config, workdir: str, image_shape: Sequence[int]) -> Tr
     be training there). Raises ConfigError when there is none."""
     image_shape = tuple(int(d) for d in image_shape)
     check_model_fits_images(config.model, image_shape)
-    model = build_model(config.model, image_shape, compute_dtype(config.train.mixed_precision))
+    model = build_model(config.model, image_shape, compute_dtype(config.train.mixed_precision),
+                        bits=config.data.bits)
     parts = {}
     average = None
     if config.train.ema_decay > 0:
@@ -202,5 +209,6 @@ def load_for_inference(workdir: str, overrides: Sequence[str] = ()) -> TrainedMo
     info = workdir_lib.read_model_info(workdir)
     config = load_config(os.path.join(workdir, CONFIG_FILE),
                          ["train.mixed_precision=none", *overrides])
+    workdir_lib.check_resume_compatible(workdir, config)  # overrides keep the model's meaning
     return load_trained(config, workdir, info["image_shape"])
 

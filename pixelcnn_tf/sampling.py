@@ -125,7 +125,7 @@ def _on_kept_grid(pos: Position, stage: Stage):
 
 
 def _draw_step(distribution, params: tf.Tensor, images: tf.Tensor, pos: Position,
-               start: tf.Tensor, seed, temperature, greedy: bool,
+               start: tf.Tensor, seed, temperature, greedy: tf.Tensor,
                stage: Stage = Stage()) -> tf.Tensor:
     """Draws the sub-pixels of one step from the step's parameters ``[N, ·]`` with the
     distribution's own ``draw`` and writes them into ``images`` ``[N, H, W, C]`` (int32);
@@ -147,21 +147,22 @@ def write_pixel(images: tf.Tensor, i, j, pixel: tf.Tensor) -> tf.Tensor:
     return tf.tensor_scatter_nd_update(images, indices, pixel)
 
 
-def _naive_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage()):
-    """``(images, start, seed, temperature, labels, context=None) → images``: a full pass
-    per step (``context``: the small image, for a multi-scale conditional network)."""
+def _naive_loop(model_ref, conditional: bool, stage: Stage = Stage()):
+    """``(images, start, seed, temperature, greedy, labels, context=None) → images``: a
+    full pass per step (``context``: the small image, for a multi-scale conditional
+    network)."""
     model = model_ref()
     height, width, _ = model.image_shape
     distribution = model.distribution
     groups = distribution.groups
 
-    def sample(images, start, seed, temperature, labels, context=None):
+    def sample(images, start, seed, temperature, greedy, labels, context=None):
         model = model_ref()  # traced while the caller holds the model
         extra = {} if context is None else {"context": context}
 
         def body(k, images):
             pos = step_position(k, width, groups)
-            inputs = unit_images(images)  # [N, H, W, C] in [0, 1]
+            inputs = unit_images(images, distribution.n_levels)  # [N, H, W, C] in [0, 1]
             params = model(inputs, labels if conditional else None, **extra)
             params = distribution.at(params, pos.i, pos.j, pos.c)
             return k + 1, _draw_step(distribution, params, images, pos, start, seed,
@@ -181,15 +182,15 @@ def _first_step(start: tf.Tensor, channels: int, groups: int) -> tf.Tensor:
     return start // (channels // groups)
 
 
-def _fast_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage()):
-    """``(images, start, seed, temperature, labels, context=None) → images``: one position
-    (and colour group) of every layer per step, through ``walk``.
+def _fast_loop(model_ref, conditional: bool, stage: Stage = Stage()):
+    """``(images, start, seed, temperature, greedy, labels, context=None) → images``: one
+    position (and colour group) of every layer per step, through ``walk``.
 
     Steps before ``start`` are run too (to fill the caches) but keep their values.
     """
     distribution = model_ref().distribution
 
-    def sample(images, start, seed, temperature, labels, context=None):
+    def sample(images, start, seed, temperature, greedy, labels, context=None):
         def draw(params, images, pos):
             return _draw_step(distribution, params, images, pos, start, seed, temperature,
                               greedy, stage)
@@ -199,44 +200,45 @@ def _fast_loop(model_ref, greedy: bool, conditional: bool, stage: Stage = Stage(
     return sample
 
 
-def _multiscale_loop(model_ref, method: str, greedy: bool, conditional: bool):
+def _multiscale_loop(model_ref, method: str, conditional: bool):
     """A ``MultiScalePixelRNN``: the small image x[::f, ::f] with its network,
     then the rest of x with the conditional network given the small image (kept), both
     with ``method``'s loop. Sub-pixels before ``start`` are kept in both stages (the small
     image's own: the small network sees nothing else)."""
     model = model_ref()
-    f = model.factor
+    f, n_levels = model.factor, model.distribution.n_levels
     loop = _fast_loop if method == "fast" else _naive_loop
-    small_loop = loop(weakref.ref(model.small), greedy, conditional, Stage(scale=f))
-    large_loop = loop(weakref.ref(model.large), greedy, conditional, Stage(keep_grid=f))
+    small_loop = loop(weakref.ref(model.small), conditional, Stage(scale=f))
+    large_loop = loop(weakref.ref(model.large), conditional, Stage(keep_grid=f))
 
-    def sample(images, start, seed, temperature, labels):
-        small = small_loop(images[:, ::f, ::f], start, seed, temperature, labels)
+    def sample(images, start, seed, temperature, greedy, labels):
+        small = small_loop(images[:, ::f, ::f], start, seed, temperature, greedy, labels)
         images = place_on_grid(small, images, f)
-        context = unit_images(small)
-        return large_loop(images, start, seed, temperature, labels, context)
+        context = unit_images(small, n_levels)
+        return large_loop(images, start, seed, temperature, greedy, labels, context)
 
     return sample
 
 
-def get_sampler(model, method: str, greedy: bool, conditional: bool):
+def get_sampler(model, method: str, conditional: bool):
     """The cached ``tf.function`` ``(images int32 [N, H, W, C], start, seed int64,
-    temperature, labels int32 [N]) → uint8 images`` for ``model`` (one per setting)."""
+    temperature, greedy bool, labels int32 [N]) → uint8 images`` for ``model`` (one per
+    method and conditioning)."""
     if method == "fast" and not has_steps(model):
         log.warning("model type %r cannot be sampled with cached positions; using the "
                     "naive sampler", getattr(model, "layer_type", type(model).__name__))
         method = "naive"
     per_model = _SAMPLERS.setdefault(model, {})
-    key = (method, greedy, conditional)
+    key = (method, conditional)
     if key not in per_model:
         height, width, channels = model.image_shape
         # The loops hold the model weakly, so the cache entry (whose key is the model)
         # goes away with the model.
         if isinstance(model, MultiScalePixelRNN):
-            loop = _multiscale_loop(weakref.ref(model), method, greedy, conditional)
+            loop = _multiscale_loop(weakref.ref(model), method, conditional)
         else:
             loop = (_fast_loop if method == "fast" else _naive_loop)(weakref.ref(model),
-                                                                     greedy, conditional)
+                                                                     conditional)
         per_model[key] = tf.function(
             lambda *args: tf.cast(loop(*args), tf.uint8),
             # XLA fuses the fast loop's many small per-position ops (about 5x faster on
@@ -247,6 +249,7 @@ def get_sampler(model, method: str, greedy: bool, conditional: bool):
                 tf.TensorSpec([], tf.int32),  # first sub-pixel to draw
                 tf.TensorSpec([], tf.int64),  # seed
                 tf.TensorSpec([], tf.float32),  # temperature
+                tf.TensorSpec([], tf.bool),  # greedy
                 tf.TensorSpec([None], tf.int32),  # labels
             ])
     return per_model[key]
@@ -284,11 +287,13 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
       method: "naive" (a full forward pass per sub-pixel) or "fast" (cached: one
         position per sub-pixel; identical results).
       labels: class ids ``[n_images]`` (or one int) for class-conditional models.
-      init_images: uint8 ``[n_images, H, W, C]``; sub-pixels before ``start`` are kept.
+      init_images: uint8 levels ``[n_images, H, W, C]`` (0..2^bits - 1: intensities
+        0..255 for 8-bit models); sub-pixels before ``start`` are kept.
       start: (row, col, channel) of the first sub-pixel to sample (default (0, 0, 0)).
 
     Returns:
-      uint8 numpy array ``[n_images, H, W, C]``.
+      uint8 numpy array ``[n_images, H, W, C]`` of levels 0..2^bits - 1
+      (``data.to_intensities`` shows them on 0..255).
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; allowed: {', '.join(METHODS)}")
@@ -313,8 +318,9 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
         images = np.asarray(init_images)
         if images.shape != shape:
             raise ValueError(f"init_images must have shape {shape}, got {images.shape}")
-        if images.min() < 0 or images.max() > 255:
-            raise ValueError("init_images must hold intensities 0..255")
+        top = model.distribution.n_levels - 1
+        if images.min() < 0 or images.max() > top:
+            raise ValueError(f"init_images must hold the model's levels 0..{top}")
         images = images.astype(np.int32)
     conditional = getattr(model, "num_classes", 0) > 0
     if conditional:
@@ -328,10 +334,10 @@ def generate_images(model, img_dims: Sequence[int], n_images: int, n_channels: i
     else:
         labels = np.zeros([shape[0]], np.int32)
     seed = random.SystemRandom().randrange(2**63) if seed is None else check_seed(seed)
-    sampler = get_sampler(model, method, bool(greedy), conditional)
+    sampler = get_sampler(model, method, conditional)
     out = sampler(tf.constant(images), tf.constant(k0, tf.int32),
-                  tf.constant(seed, tf.int64),
-                  tf.constant(temperature, tf.float32), tf.constant(labels))
+                  tf.constant(seed, tf.int64), tf.constant(temperature, tf.float32),
+                  tf.constant(bool(greedy)), tf.constant(labels))
     return out.numpy()
 
 

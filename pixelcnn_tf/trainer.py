@@ -130,7 +130,7 @@ class Trainer(ModelRun):
         self.conditional = config.model.num_classes > 0
         with self.strategy.scope():  # variables mirrored on every replica when distributed
             self.model = build_model(config.model, self.image_shape, self.compute_dtype,
-                                     seed=config.train.seed)
+                                     seed=config.train.seed, bits=config.data.bits)
             # float16 needs loss scaling so small gradients do not underflow; bfloat16 has
             # float32's exponent range and needs none.
             self.loss_scale = self._good_steps = None
@@ -411,12 +411,13 @@ class Trainer(ModelRun):
             ev = self.evaluate(val_ds, self.config.train.eval_batches)
         with writer.as_default(step=step):
             tf.summary.scalar("bits_per_dim", ev.bits_per_dim)
-        bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f} "
-                  f"({ev.num_images} images)")
+            tf.summary.scalar("nats_per_image", ev.nats_per_image)
+        bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f}, "
+                  f"{ev.nats_per_image:.2f} nats/image ({ev.num_images} images)")
         return ev.as_dict()
 
     def _write_samples(self, writer, step: int) -> None:
-        images = self.sample()
+        images = data_lib.to_intensities(self.sample(), self.config.data.bits)
         title = f"step {step}"
         path = os.path.join(self.workdir, SAMPLES_DIR, f"step_{step:08d}.png")
         png = viz.figure_to_png(viz.grid_figure(images, title))

@@ -89,18 +89,28 @@ def write_model_info(workdir: str, image_shape: Sequence[int], num_classes: int,
          "parameters": int(parameters)}, indent=2))
 
 
+# What a checkpoint's weights mean: every model key, and the bit depth of the images
+# (with the value a run recorded before the key existed).
+RUN_DATA_KEYS = {"bits": 8, "threshold": None}
+
+
 def check_resume_compatible(workdir: str, config) -> None:
-    """Refuses to resume a run whose saved model settings differ from ``config``."""
+    """Refuses to resume (or evaluate, sample, code with) the run in ``workdir`` with a
+    config whose model settings or bit depth differ from the run's recorded config."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
-    saved = read_yaml(path).get("model") or {}
-    for key, value in config_to_dict(config)["model"].items():
-        if key in saved and saved[key] != value:
+    recorded = read_yaml(path)
+    ours = config_to_dict(config)
+    pairs = [("model", key) for key in ours["model"]] + [("data", k) for k in RUN_DATA_KEYS]
+    for section, key in pairs:
+        saved = recorded.get(section) or {}
+        was = saved.get(key, RUN_DATA_KEYS[key] if section == "data" else ours[section][key])
+        if was != ours[section][key]:
             raise ConfigError(
-                f"model.{key}={value!r} differs from the run in {workdir} "
-                f"(model.{key}={saved[key]!r}); use a new --workdir, or keep "
-                f"model.{key}={saved[key]!r} to resume")
+                f"{section}.{key}={ours[section][key]!r} differs from the run in {workdir} "
+                f"({section}.{key}={was!r}); use a new --workdir, or keep "
+                f"{section}.{key}={was!r}")
 
 
 def check_image_shape(workdir: str, image_shape: Sequence[int], dataset: str) -> None:
@@ -338,11 +348,16 @@ def _move_aside(workdir: str, prefixes: Sequence[str]) -> List[str]:
 
 def _rewrite_record(workdir: str, latest: str) -> None:
     """TensorFlow's ``checkpoint`` record: every readable-looking checkpoint on disk, oldest
-    first, with ``latest`` (the one restored) last."""
-    import tensorflow as tf
+    first, with ``latest`` (the one restored) last, each with its time (its index file's)
+    and a preserved time before all of them: the CheckpointManager started on the record
+    rotates them (``train.keep_checkpoints``), as it rotates its own saves, however often
+    a run is resumed. Written atomically."""
     directory = checkpoint_dir(workdir)
     on_disk = [p for p in reversed(find_checkpoints(workdir))
                if os.path.exists(p + ".index") and _step_of(p) <= _step_of(latest)]
-    tf.compat.v1.train.update_checkpoint_state(
-        directory, os.path.basename(latest),
-        all_model_checkpoint_paths=[os.path.basename(p) for p in on_disk])
+    times = [os.path.getmtime(p + ".index") for p in on_disk]
+    lines = [f'model_checkpoint_path: "{os.path.basename(latest)}"']
+    lines += [f'all_model_checkpoint_paths: "{os.path.basename(p)}"' for p in on_disk]
+    lines += [f"all_model_checkpoint_timestamps: {t:.6f}" for t in times]
+    lines.append(f"last_preserved_timestamp: {min(times, default=1.0) - 1.0:.6f}")
+    write_text_atomically(os.path.join(directory, "checkpoint"), "\n".join(lines) + "\n")

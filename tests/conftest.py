@@ -33,17 +33,6 @@ def rng():
     return np.random.default_rng(0)
 
 
-# Every model with an incremental evaluation: (layer type, output) pairs and pixelcnn_pp.
-def _cacheable():
-    from pixelcnn_tf.models import pixel_layer, pixel_layer_types
-    return sorted(name for name in pixel_layer_types() if pixel_layer(name).Step is not None)
-
-
-CACHEABLE = _cacheable()
-VARIANTS = [(t, o) for t in CACHEABLE for o in ("categorical", "logistic_mixture")]
-VARIANTS.append(("pixelcnn_pp", "logistic_mixture"))
-
-
 # The dilatable types, with the rates their small test models use (2 layers).
 DILATED = [(t, o) for t in ("gated_pixelcnn", "pixelcnn") for o in ("categorical",
                                                                     "logistic_mixture")]

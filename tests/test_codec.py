@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DILATED, TEST_DILATIONS, VARIANTS, random_model
+from conftest import DILATED, TEST_DILATIONS, random_model
 from pixelcnn_tf import codec
 from pixelcnn_tf.codec import CodecError
 from pixelcnn_tf.likelihood import LN2
@@ -88,11 +88,13 @@ def full_pass_bits(model, images, labels=None):
     return float(tf.reduce_sum(model.distribution.nll_per_image(params, images))) / LN2
 
 
-@pytest.mark.parametrize("layer_type,output", VARIANTS)
-@pytest.mark.parametrize("channels", [1, 3])
-def test_round_trip_every_model(layer_type, output, channels, rng):
-    """Decoding gives back every image bit for bit: an untrained and a sharpened model
-    (conditionals far from uniform), 48 images each, in batches of 20, 20 and 8."""
+@pytest.mark.parametrize("layer_type,output,channels", [
+    ("gated_pixelcnn", "categorical", 3), ("pixelcnn_pp", "logistic_mixture", 3),
+    ("row_lstm", "logistic_mixture", 1)])
+def test_round_trip_untrained_and_sharpened(layer_type, output, channels, rng):
+    """Decoding gives back every image bit for bit (every type and output: the conformance
+    suite): an untrained and a sharpened model (conditionals far from uniform), 48 images
+    each, in batches of 20, 20 and 8."""
     for factor in (1.0, 25.0):
         model = random_model(channels, layer_type, output=output)
         sharpen(model, factor)

@@ -79,8 +79,8 @@ def test_evaluation_sums_nats_instead_of_averaging_batch_means(rng, tmp_path):
 from pixelcnn_tf.likelihood import LogisticMixture, log_bin_probs  # noqa: E402
 
 
-def numpy_logistic_bins(mean, log_scale):
-    """Probabilities of the 256 bins of one discretized logistic, computed with 60-digit
+def numpy_logistic_bins(mean, log_scale, n_levels=256):
+    """Probabilities of the L bins of one discretized logistic, computed with 60-digit
     decimals (no cancellation), as float64."""
     import decimal
     ctx = decimal.Context(prec=60)
@@ -89,11 +89,11 @@ def numpy_logistic_bins(mean, log_scale):
     def sigmoid(t):
         return 1 / (1 + (-t).exp(ctx)) if t > -10000 else decimal.Decimal(0)
 
-    probs = []
-    for v in range(256):
-        x = ctx.create_decimal(v) / ctx.create_decimal(127.5) - 1
-        upper = 1 if v == 255 else sigmoid((x + ctx.create_decimal(1) / 255 - mean) / s)
-        lower = 0 if v == 0 else sigmoid((x - ctx.create_decimal(1) / 255 - mean) / s)
+    probs, top = [], n_levels - 1
+    for v in range(n_levels):
+        x = 2 * ctx.create_decimal(v) / top - 1
+        upper = 1 if v == top else sigmoid((x + ctx.create_decimal(1) / top - mean) / s)
+        lower = 0 if v == 0 else sigmoid((x - ctx.create_decimal(1) / top - mean) / s)
         probs.append(float(upper - lower))
     return np.array(probs)
 
@@ -104,13 +104,15 @@ def mixture_params(rng, n, dist, scale):
 
 @pytest.mark.parametrize("colours", [1, 3])
 @pytest.mark.parametrize("scale", [0.1, 1.0, 10.0, 1000.0])
-def test_mixture_conditionals_sum_to_one_and_chain_to_the_nll(colours, scale, rng):
-    """For random and extreme parameters: every colour's 256 probabilities sum to 1, and
-    the per-colour conditionals the sampler draws from multiply to the likelihood."""
-    dist = LogisticMixture(colours, 4)
+@pytest.mark.parametrize("n_levels", [256, 32, 2])
+def test_mixture_conditionals_sum_to_one_and_chain_to_the_nll(colours, scale, n_levels, rng):
+    """For random and extreme parameters and any bit depth: every colour's L
+    probabilities sum to 1, and the per-colour conditionals the sampler draws from
+    multiply to the likelihood."""
+    dist = LogisticMixture(colours, 4, n_levels)
     params = mixture_params(rng, 6, dist, scale)
-    pixels = rng.integers(0, 256, size=(6, colours))
-    pixels[0], pixels[1] = 0, 255  # the edge bins
+    pixels = rng.integers(0, n_levels, size=(6, colours))
+    pixels[0], pixels[1] = 0, n_levels - 1  # the edge bins
     total = np.zeros(6)
     for c in range(colours):
         logits = dist.subpixel_logits(params, tf.constant(pixels), c).numpy().astype(np.float64)
@@ -122,14 +124,16 @@ def test_mixture_conditionals_sum_to_one_and_chain_to_the_nll(colours, scale, rn
     np.testing.assert_allclose(nll, -total, rtol=1e-5, atol=1e-3)
 
 
-def test_log_bin_probs_match_float64_and_stay_finite():
-    values = tf.range(256)
+@pytest.mark.parametrize("n_levels", [256, 32, 4, 2])
+def test_log_bin_probs_match_float64_and_stay_finite(n_levels):
+    """L bins of width 2/(L-1) on [-1, 1], the edge bins taking the tails."""
+    values = tf.range(n_levels)
     for mean, log_scale in [(0.0, 0.0), (0.3, -3.0), (-0.9, -7.0), (0.99, 2.0), (0.0, 30.0),
                             (5.0, -7.0), (-5.0, -7.0)]:
-        got = log_bin_probs(values, mean, tf.constant(log_scale)).numpy()
+        got = log_bin_probs(values, mean, tf.constant(log_scale), n_levels).numpy()
         assert np.all(np.isfinite(got)), (mean, log_scale)
         assert np.exp(got.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-5)
-        expected = numpy_logistic_bins(mean, log_scale)
+        expected = numpy_logistic_bins(mean, log_scale, n_levels)
         ok = expected > 1e-30  # float64 itself underflows beyond
         np.testing.assert_allclose(got[ok], np.log(expected[ok]), rtol=1e-4, atol=1e-4)
 

@@ -10,27 +10,16 @@ from helpers import assert_causal_without_blind_spots, raster_jacobian  # noqa: 
 PIXEL_LAYERS = pixel_layer_types()
 
 
-@pytest.mark.parametrize("layer_type", sorted(PIXEL_LAYERS))
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
-def test_causality_by_jacobian(layer_type, channels, output):
-    """Untrained models (from the first step): categorical outputs see the sub-pixels
-    before them, mixture outputs the pixels before them."""
-    tf.random.set_seed(0)
-    shape = (5, 5, channels)
-    model = build_model(tiny_config(channels, type=layer_type, output=output,
-                                    num_mixtures=2).model, shape)
-    jac = raster_jacobian(model, shape)
-    assert_causal_without_blind_spots(jac, 1 if output == "categorical" else channels)
+# Causality of every type, output and colour count: test_conformance.py.
 
 
 @pytest.mark.parametrize("layer_type", ["pixelcnn", "gated_pixelcnn"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
-@pytest.mark.parametrize("dilations", ["[2, 3]", "[1, 4]"])
+@pytest.mark.parametrize("dilations", ["[1, 4]"])
 def test_dilated_models_are_causal(layer_type, channels, output, dilations):
     """Dilated masks keep the R|G|B order exactly (untrained models, 6x5 images: rates
-    up to 4 read past the edges)."""
+    up to 4 read past the edges; rates [2, 3]: test_conformance.py)."""
     tf.random.set_seed(0)
     shape = (6, 5, channels)
     model = build_model(tiny_config(channels, type=layer_type, output=output,
@@ -204,22 +193,3 @@ def test_conditional_model_is_causal():
 def test_rgb_model_rejects_widths_not_divisible_by_three():
     with pytest.raises(ValueError, match="not divisible by n_colors=3"):
         build_model(tiny_config(1).model, (4, 4, 3))  # hidden_dim=4 → 2h=8
-
-
-@pytest.mark.parametrize("layer_type", [*sorted(PIXEL_LAYERS), "pixelcnn_pp", "multiscale",
-                                        "dilated"])
-def test_bfloat16_compute_for_every_type(layer_type, rng):
-    cfg = (pp_config(3) if layer_type == "pixelcnn_pp" else
-           tiny_config(3, type="gated_pixelcnn", multiscale="{factor: 2}").model
-           if layer_type == "multiscale" else
-           tiny_config(3, type="gated_pixelcnn", dilations="[2, 3]").model
-           if layer_type == "dilated" else tiny_config(3, type=layer_type).model)
-    tf.random.set_seed(0)
-    full = build_model(cfg, (4, 4, 3))
-    tf.random.set_seed(0)
-    low = build_model(cfg, (4, 4, 3), compute_dtype=tf.bfloat16)
-    x = tf.constant(rng.uniform(size=(2, 4, 4, 3)).astype(np.float32))
-    for out, want in zip(tf.nest.flatten(low(x)), tf.nest.flatten(full(x))):
-        assert out.dtype == tf.float32
-        np.testing.assert_allclose(out.numpy(), want.numpy(), atol=0.1)
-    assert all(v.dtype == tf.float32 for v in low.trainable_variables)

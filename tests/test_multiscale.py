@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CACHEABLE, tiny_config
+from conftest import tiny_config
 from pixelcnn_tf import generate_images
 from pixelcnn_tf.config import ConfigError, check_model_fits_images
 from pixelcnn_tf.models import build_model
 from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
 from pixelcnn_tf.trainer import Trainer
-from helpers import assert_causal_without_blind_spots, multiscale_model, raster_jacobian, run_steps
+from helpers import multiscale_model
 
 SHAPE = (6, 4)
 OUTPUTS = ("categorical", "logistic_mixture")
@@ -90,65 +90,8 @@ def test_bits_per_dim_is_the_sum_of_the_two_parts(output, channels, tmp_path):
                                                                 images).numpy(), rtol=1e-6)
 
 
-def grid_subpixels(shape, factor):
-    """bool [H·W·C]: the sub-pixels of the small image, in raster order."""
-    h, w, c = shape
-    return np.repeat(on_grid((h, w), factor).reshape(-1), c)
-
-
-@pytest.mark.parametrize("layer_type", CACHEABLE)
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("output", OUTPUTS)
-def test_both_networks_are_causal(layer_type, channels, output):
-    """Untrained models. The small network: causal on the small image, no step ignores
-    its inputs. The conditional network, through both of its inputs (the image and the
-    small image taken from it): step k depends on earlier sub-pixels and on the small
-    image's sub-pixels only, and the small image reaches it beyond the causal past.
-    (As initialised: with random biases a tiny network can switch off every ReLU of a
-    colour group at the first pixel, so that a step sees nothing.)"""
-    model = multiscale_model(channels, layer_type, output, random_biases=False)
-    per_step = 1 if output == "categorical" else channels
-    small_shape = model.small.image_shape
-    assert_causal_without_blind_spots(raster_jacobian(model.small, small_shape), per_step)
-
-    class Conditional(tf.Module):  # x → the conditional network's parameters
-        def __call__(self, x, labels=None):
-            return model.large(x, context=model.small_image(x))
-
-    shape = model.image_shape
-    jac = raster_jacobian(Conditional(), shape)  # [steps, H·W·C]
-    steps = jac.shape[0]
-    first_unseen = np.arange(steps)[:, None] * per_step
-    later = np.arange(jac.shape[1])[None, :] >= first_unseen
-    grid = grid_subpixels(shape, 2)[None, :]
-    assert np.all(jac[later & ~grid] == 0.0), "the conditional network sees a later pixel"
-    assert np.any(jac[later & grid] != 0.0), "the small image does not reach the network"
-
-
-@pytest.mark.parametrize("layer_type", CACHEABLE)
-@pytest.mark.parametrize("output", OUTPUTS)
-@pytest.mark.parametrize("channels", [1, 3])
-def test_conditional_steps_equal_the_full_pass(layer_type, output, channels):
-    """The fast sampler's steps of the conditional network (bias maps gathered per
-    position and per row) equal its full pass, with class labels too."""
-    model = multiscale_model(channels, layer_type, output, num_classes=3)
-    x = tf.constant(images_of(model, 2) / 255.0, tf.float32)
-    context = model.small_image(x)
-    got, want = run_steps(model.large, x, tf.constant([0, 2]), context)
-    for k, (g, w) in enumerate(zip(got, want)):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
-
-
-@pytest.mark.parametrize("layer_type", CACHEABLE)
-@pytest.mark.parametrize("output", OUTPUTS)
-@pytest.mark.parametrize("channels", [1, 3])
-def test_fast_equals_naive(layer_type, output, channels):
-    model = multiscale_model(channels, layer_type, output)
-    for extra in (dict(seed=11), dict(seed=12, temperature=0.7)):
-        naive = generate_images(model, SHAPE, 3, channels, method="naive", **extra)
-        fast = generate_images(model, SHAPE, 3, channels, method="fast", **extra)
-        np.testing.assert_array_equal(fast, naive, err_msg=str(extra))
-    assert len(np.unique(naive)) > 10
+# Causality of both networks, their steps == the full pass, fast == naive (completions,
+# labels): the "multiscale" variant of every type in test_conformance.py.
 
 
 @pytest.mark.parametrize("output", OUTPUTS)

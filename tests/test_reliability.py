@@ -1,6 +1,7 @@
 """Faults injected into real training processes: signals, kills, bad disks."""
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -86,7 +87,11 @@ def test_sigkill_at_random_moments_never_leaves_a_bad_checkpoint(setup):
     final = run("train.py", "--config", config, "--workdir", workdir,
                 "--set", f"train.steps={previous + 3}")
     assert final.returncode == 0, final.stderr
-    assert f"resuming {workdir} from step {previous}" in final.stdout
+    # Any complete checkpoint is a correct place to resume: a kill between writing
+    # ckpt-k and updating the `checkpoint` record leaves a complete ckpt-k newer than
+    # the record's, and recovery may take it.
+    resumed = re.search(rf"resuming {re.escape(workdir)} from step (\d+)", final.stdout)
+    assert resumed and previous <= int(resumed.group(1)) < previous + 3, final.stdout
     assert latest_step(workdir) == previous + 3
 
 

@@ -2,10 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CACHEABLE, DILATED, TEST_DILATIONS, VARIANTS, random_model, tiny_config
-from conftest import model_with_layer
+from conftest import model_with_layer, random_model, tiny_config
 from pixelcnn_tf import generate_images
-from pixelcnn_tf.models import build_model, pixel_layer_types
+from pixelcnn_tf.models import build_model
 from pixelcnn_tf.models.base import has_steps
 from pixelcnn_tf.models.pixelcnn import PixelCNNBlock
 from pixelcnn_tf.trainer import Trainer
@@ -110,72 +109,8 @@ def test_class_conditional_sampling(tmp_path, layer_type):
 from helpers import run_steps  # noqa: E402
 from pixelcnn_tf.sampling import uniform_noise  # noqa: E402
 
-def test_cacheable_types():
-    assert CACHEABLE == sorted(pixel_layer_types())  # every type has a fast sampler
-
-
-@pytest.mark.parametrize("layer_type,output", VARIANTS)
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("num_classes", [0, 3])
-def test_step_params_equal_full_pass(layer_type, output, channels, num_classes, rng):
-    """Per-step parameters of the incremental evaluation agree with the full pass."""
-    model = random_model(channels, layer_type, num_classes, output=output)
-    x = tf.constant(rng.uniform(size=(2, *model.image_shape)).astype(np.float32))
-    labels = tf.constant([0, 2]) if num_classes else None
-    for k, (got, want) in enumerate(zip(*run_steps(model, x, labels))):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
-
-
-@pytest.mark.parametrize("layer_type,output", DILATED)
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("num_classes", [0, 3])
-def test_dilated_step_params_equal_full_pass(layer_type, output, channels, num_classes, rng):
-    """Dilation 2 and 3 on 5x4 images: the caches hold d·(k//2) rows (and the taps reach
-    past the image's edges)."""
-    model = random_model(channels, layer_type, num_classes, output=output,
-                         dilations=TEST_DILATIONS)
-    assert model.dilations == (2, 3)
-    x = tf.constant(rng.uniform(size=(2, *model.image_shape)).astype(np.float32))
-    labels = tf.constant([0, 2]) if num_classes else None
-    for k, (got, want) in enumerate(zip(*run_steps(model, x, labels))):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
-
-
-WITH_DILATED = [(*v, None) for v in VARIANTS] + [(*v, TEST_DILATIONS) for v in DILATED]
-
-
-@pytest.mark.parametrize("layer_type,output,dilations", WITH_DILATED)
-@pytest.mark.parametrize("channels", [1, 3])
-def test_fast_equals_naive(layer_type, output, dilations, channels):
-    model = random_model(channels, layer_type, output=output, dilations=dilations)
-    kwargs = dict(img_dims=model.image_shape[:2], n_images=3, n_channels=channels)
-    drawn = []
-    for extra in (dict(seed=11), dict(seed=12, temperature=0.7), dict(greedy=True)):
-        naive = generate_images(model, method="naive", **kwargs, **extra)
-        fast = generate_images(model, method="fast", **kwargs, **extra)
-        np.testing.assert_array_equal(fast, naive, err_msg=str(extra))
-        drawn.append(naive)
-    assert len(np.unique(drawn[0])) > 1  # a sampled (not greedy) image varies
-
-
-@pytest.mark.parametrize("layer_type,output,dilations", WITH_DILATED)
-@pytest.mark.parametrize("channels", [1, 3])
-def test_fast_completion_equals_naive(layer_type, output, dilations, channels, rng):
-    model = random_model(channels, layer_type, num_classes=2, output=output,
-                         dilations=dilations)
-    height, width, _ = model.image_shape
-    init = rng.integers(0, 256, size=(4, *model.image_shape)).astype(np.uint8)
-    starts = [(0, 0, 0), (2, 0, 0), (3, 2, channels - 1), (height - 1, width - 1, channels - 1)]
-    if channels == 3:
-        starts.append((1, 1, 1))  # inside a pixel: the mixture keeps red, draws green, blue
-    for start in starts:
-        args = dict(seed=5, init_images=init, start=start, labels=[0, 1, 1, 0])
-        naive = generate_images(model, (height, width), 4, channels, method="naive", **args)
-        fast = generate_images(model, (height, width), 4, channels, method="fast", **args)
-        np.testing.assert_array_equal(fast, naive, err_msg=str(start))
-        k0 = (start[0] * width + start[1]) * channels + start[2]
-        np.testing.assert_array_equal(fast.reshape(4, -1)[:, :k0], init.reshape(4, -1)[:, :k0])
-        assert np.any(fast.reshape(4, -1)[:, k0:] != init.reshape(4, -1)[:, k0:])
+# Steps == full pass and fast == naive for every type, output, colour count and variant
+# (seeds, temperature, greedy, completions, labels): test_conformance.py.
 
 
 def test_fast_batch_sizes_and_seeds():
@@ -192,12 +127,12 @@ def test_fast_sampler_runs_from_a_saved_model(tmp_path):
     model = random_model(3)
     module = tf.Module()
     module.model = model
-    module.sample = get_sampler(model, "fast", False, False)
+    module.sample = get_sampler(model, "fast", False)
     tf.saved_model.save(module, str(tmp_path / "sm"))
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
     images = tf.zeros([2, 5, 4, 3], tf.int32)
     out = loaded.sample(images, tf.constant(0), tf.constant(9, tf.int64), tf.constant(1.0),
-                        tf.zeros([2], tf.int32))
+                        tf.constant(False), tf.zeros([2], tf.int32))
     np.testing.assert_array_equal(out.numpy(),
                                   generate_images(model, (5, 4), 2, 3, seed=9, method="naive"))
 
@@ -387,14 +322,6 @@ def test_mixture_draws_follow_the_likelihood(kept_red):
         exact = exact / p_red
     assert exact.sum() > 0.98  # the drawn values cover (almost) all of the mass
     assert 0.5 * np.abs(counts / n - exact).sum() < 0.03  # total variation
-
-
-def test_pixelcnn_pp_categorical_on_grey_images_samples_exactly(rng):
-    """pixelcnn_pp's 256-way output (grey images only: a pixel is one sub-pixel): per-step
-    logits equal the full pass, fast == naive, completion and class labels included."""
-    test_step_params_equal_full_pass("pixelcnn_pp", "categorical", 1, 3, rng)
-    test_fast_equals_naive("pixelcnn_pp", "categorical", None, 1)
-    test_fast_completion_equals_naive("pixelcnn_pp", "categorical", None, 1, rng)
 
 
 @pytest.mark.parametrize("channels,output", [(3, "logistic_mixture"), (1, "categorical")])

@@ -115,6 +115,27 @@ def test_fit_writes_everything_and_resumes(tmp_path, rng):
     assert trainer.fit(train, val)["step"] == 6
 
 
+def test_checkpoints_rotate_after_any_number_of_resumes(tmp_path, rng):
+    """train.keep_checkpoints holds across resumes: the record a resume rewrites keeps the
+    times the CheckpointManager needs to delete the oldest (before, every checkpoint from
+    before a resume stayed forever)."""
+    train, val = npz_splits(tmp_path, rng)
+    cfg = tiny_config(1)
+    for key, value in dict(checkpoint_every=5, keep_checkpoints=3, eval_every=1000,
+                           sample_every=1000, log_every=1000).items():
+        setattr(cfg.train, key, value)
+    cfg.data.batch_size = 2
+    workdir = str(tmp_path / "run")
+    for steps in (20, 35, 50):
+        cfg.train.steps = steps
+        trainer = Trainer(cfg, workdir, (4, 4, 1))
+        trainer.restore()
+        trainer.fit(train, val)
+        kept = sorted(int(n[len("ckpt-"):-len(".index")]) for n in
+                      os.listdir(os.path.join(workdir, "checkpoints")) if n.endswith(".index"))
+        assert kept == [steps - 10, steps - 5, steps], kept
+
+
 def small_run(tmp_path, rng, steps):
     """A grey 4x4 trainer for ``steps`` steps of batch 2, with npz train / val splits."""
     train, val = npz_splits(tmp_path, rng)

@@ -66,31 +66,37 @@ def pixel_layer_types() -> tuple:
     return tuple(name for name in model_types() if hasattr(type_module(name), "LAYER"))
 
 
-def build_model(model_config, image_shape: Sequence[int], compute_dtype=None, seed: int = 0):
+def build_model(model_config, image_shape: Sequence[int], compute_dtype=None, seed: int = 0,
+                bits: int = 8):
     """Builds a model from ``model_config`` (a ``ModelConfig``) and creates its variables.
 
     Returns a ``tf.Module``: ``model(images, labels=None, training=False)`` with images
     ``[B, H, W, C]`` in [0, 1] returns the float32 parameters of ``model.distribution``
-    (categorical logits ``[B, H, W, C, 256]`` or mixture parameters ``[B, H, W, P]``).
+    (categorical logits ``[B, H, W, C, 2^bits]`` or mixture parameters ``[B, H, W, P]``).
     With ``model.multiscale`` it is a ``MultiScalePixelRNN``, whose parameters are a pair
     (small network's, conditional network's) scored by its distribution.
     ``compute_dtype`` (bfloat16 or float16 for mixed precision; default float32) is the
     dtype of the layers' arithmetic; ``seed`` seeds the dropout masks (models with
-    dropout).
+    dropout); ``bits`` (``data.bits``, 1..8) the depth of the images it models: their
+    values are the levels 0..2^bits - 1, so the categorical output has 2^bits logits per
+    sub-pixel and the mixture 2^bits bins.
     """
     import tensorflow as tf
 
+    from pixelcnn_tf.likelihood import levels_of
+    n_levels = levels_of(bits)
     compute_dtype = tf.float32 if compute_dtype is None else compute_dtype
     module = type_module(model_config.type)
     if hasattr(module, "build"):  # a whole-model type
-        model = module.build(model_config, image_shape, compute_dtype, seed)
+        model = module.build(model_config, image_shape, compute_dtype, seed, n_levels)
     elif model_config.multiscale:
         from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
         model = MultiScalePixelRNN.from_config(module.LAYER, model_config, image_shape,
-                                               compute_dtype)
+                                               compute_dtype, n_levels)
     else:
         from pixelcnn_tf.models.pixel_rnn import PixelRNN
-        model = PixelRNN.from_config(module.LAYER, model_config, image_shape, compute_dtype)
+        model = PixelRNN.from_config(module.LAYER, model_config, image_shape, compute_dtype,
+                                     n_levels=n_levels)
     images = tf.zeros([1, *model.image_shape])
     labels = tf.zeros([1], tf.int32) if model.num_classes > 0 else None
     model(images, labels)  # creates every variable now, eagerly

@@ -198,13 +198,13 @@ def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable,
     the loop.
     """
     height, width, _ = model.image_shape
-    groups = model.distribution.groups
+    groups, n_levels = model.distribution.groups, model.distribution.n_levels
     evaluator = model.stepper()
     conditions = evaluator.conditions(labels, context)
 
     def body(k, images, cache):
         pos = step_position(k, width, groups)
-        inputs = unit_images(images)  # [N, H, W, C] in [0, 1]
+        inputs = unit_images(images, n_levels)  # [N, H, W, C] in [0, 1]
         if evaluator.row_wise:  # row-wise layers: update their row states at each new row
             cache = tf.cond((pos.i > 0) & tf.equal(pos.j, 0) & tf.equal(pos.c, 0),
                             lambda: evaluator.finish_row(cache, inputs, pos.i - 1, conditions),
@@ -212,7 +212,7 @@ def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable,
         cache, params = evaluator.step(cache, inputs, pos, conditions)
         images = fill(params, images, pos)
         # The layers reading the image get the pixel with the values just written.
-        cache = evaluator.record(cache, unit_images(images), pos)
+        cache = evaluator.record(cache, unit_images(images, n_levels), pos)
         return k + 1, images, cache
 
     _, images, _ = tf.while_loop(lambda k, *_: k < height * width * groups, body,
@@ -221,7 +221,7 @@ def walk(model, images: tf.Tensor, labels: Optional[tf.Tensor], fill: Callable,
     return images
 
 
-def unit_images(images: tf.Tensor) -> tf.Tensor:
-    """Integer intensities ``[..., C]`` (0..255) → float32 in [0, 1], what a model takes:
-    the one place the scale is written."""
-    return tf.cast(images, tf.float32) / 255.0
+def unit_images(images: tf.Tensor, n_levels: int) -> tf.Tensor:
+    """Integer levels ``[..., C]`` (0..L-1; 0..255 for 8-bit images) → float32 in [0, 1],
+    what a model takes: the one place the scale is written."""
+    return tf.cast(images, tf.float32) / float(n_levels - 1)

@@ -47,7 +47,7 @@ class MultiScaleDistribution(Distribution):
     conditional network's NLL of the pixels off the grid."""
 
     def __init__(self, small: Distribution, large: Distribution, factor: int):
-        super().__init__(large.n_colors)
+        super().__init__(large.n_colors, large.n_levels)
         self.small, self.large, self.factor = small, large, int(factor)
         self.name = large.name
         self.groups, self.num_params = large.groups, large.num_params
@@ -209,7 +209,8 @@ class MultiScalePixelRNN(tf.Module):
 
     @classmethod
     def from_config(cls, layer_cls: Type[PixelLayer], model_config, image_shape,
-                    compute_dtype: tf.DType = tf.float32) -> "MultiScalePixelRNN":
+                    compute_dtype: tf.DType = tf.float32, n_levels: int = 256
+                    ) -> "MultiScalePixelRNN":
         return cls(image_shape, model_config.multiscale["factor"], layer_cls,
-                   compute_dtype=compute_dtype, name="multiscale",
+                   compute_dtype=compute_dtype, name="multiscale", n_levels=n_levels,
                    **settings_of(layer_cls, model_config))

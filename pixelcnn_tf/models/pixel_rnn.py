@@ -35,7 +35,7 @@ class PixelRNN(tf.Module):
         ``dilations[l]`` (pixelcnn, gated_pixelcnn; default 1)
       → ReLU → 1x1 mask-B conv (2h → out_dim) → ReLU → 1x1 mask-B conv (→ P per pixel)
       → the parameters of ``output`` (see likelihood.py): categorical logits
-        ``[B, H, W, C, 256]`` or logistic-mixture parameters ``[B, H, W, P]``.
+        ``[B, H, W, C, L]`` or logistic-mixture parameters ``[B, H, W, P]``.
 
     Categorical: masks split channels into C colour groups, so output ``[b, i, j, c]``
     depends only on sub-pixels strictly before ``(i, j, c)``. Logistic mixture: one group
@@ -49,6 +49,7 @@ class PixelRNN(tf.Module):
 
     ``layer_options``: the layer type's own settings, passed to every pixel layer (the
     pixelsnail type: ``num_heads``, ``attention_dim``, ``convs_per_block``).
+    ``n_levels``: L = 2^bits, the values of a sub-pixel (``data.bits``).
     """
 
     def __init__(self, image_shape: Sequence[int], layer_cls: Type[PixelLayer],
@@ -56,7 +57,7 @@ class PixelRNN(tf.Module):
                  kernel_size: int = 3, input_kernel_size: int = 7, num_classes: int = 0,
                  output: str = "categorical", num_mixtures: int = 10,
                  dilations: Optional[Sequence[int]] = None,
-                 layer_options: Optional[dict] = None,
+                 layer_options: Optional[dict] = None, n_levels: int = 256,
                  compute_dtype: tf.DType = tf.float32, name: Optional[str] = None):
         super().__init__(name=name)
         # Layers compute in compute_dtype (e.g. bfloat16); variables stay float32 and the
@@ -65,7 +66,7 @@ class PixelRNN(tf.Module):
         self.image_shape = check_image_shape(image_shape)
         n_colors = self.image_shape[-1]
         self.n_colors = n_colors
-        self.distribution = make_distribution(output, n_colors, num_mixtures)
+        self.distribution = make_distribution(output, n_colors, num_mixtures, n_levels)
         self.groups = self.distribution.groups  # colour groups of every mask
         self.layer_cls = layer_cls
         self.layer_type = layer_cls.type_name

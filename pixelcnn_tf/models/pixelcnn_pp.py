@@ -15,7 +15,7 @@ x + a·σ(b) with [a | b] = conv(dropout(concat_elu(conv(concat_elu(x)) + 1x1(co
 (+ a per-class vector), concat_elu(x) = elu([x, -x]). The output 1x1 layer predicts the
 distribution of each pixel, which depends only on pixels strictly before it (tested by
 Jacobian from the first step): the discretized logistic mixture of the paper
-(likelihood.LogisticMixture), or for grey images optionally 256 logits
+(likelihood.LogisticMixture), or for grey images optionally 2^bits logits
 (likelihood.Categorical; a pixel is one sub-pixel, so no colour masks are needed).
 
 Weight normalisation with data-dependent initialisation, as the paper, is
@@ -43,14 +43,15 @@ type_name = "pixelcnn_pp"
 
 
 def build(model_config, image_shape: Sequence[int], compute_dtype: tf.DType = tf.float32,
-          seed: int = 0) -> "PixelCNNPlusPlus":
+          seed: int = 0, n_levels: int = 256) -> "PixelCNNPlusPlus":
     """The PixelCNN++ of ``model_config``: ``hidden_dim`` h gives F = 2h filters,
     ``n_layers`` the blocks per stage."""
     m = model_config
     return PixelCNNPlusPlus(image_shape, filters=2 * m.hidden_dim, blocks_per_stage=m.n_layers,
                             output=m.output, num_mixtures=m.num_mixtures, dropout=m.dropout,
                             num_classes=m.num_classes, weight_norm=m.weight_norm,
-                            compute_dtype=compute_dtype, seed=seed, name="pixelcnn_pp")
+                            compute_dtype=compute_dtype, seed=seed, n_levels=n_levels,
+                            name="pixelcnn_pp")
 
 
 class GatedResnet(tf.Module):
@@ -105,7 +106,7 @@ class PixelCNNPlusPlus(tf.Module):
     """The PixelCNN++ network: images ``[B, H, W, C]`` in [0, 1] (H, W multiples of 4)
     → the float32 parameters of ``output``: logistic-mixture parameters ``[B, H, W, P]``
     (P = 10·num_mixtures for RGB, 3·num_mixtures for grey) or, for grey images only,
-    categorical logits ``[B, H, W, 1, 256]``.
+    categorical logits ``[B, H, W, 1, L]``.
 
     ``filters`` F (the paper: 160), ``blocks_per_stage`` (the paper: 5), ``dropout`` (the
     paper: 0.5 on CIFAR-10; only with ``training=True``). Dropout masks are stateless
@@ -120,7 +121,7 @@ class PixelCNNPlusPlus(tf.Module):
                  blocks_per_stage: int = 5, num_mixtures: int = 10, dropout: float = 0.0,
                  output: str = "logistic_mixture", num_classes: int = 0,
                  weight_norm: bool = False, compute_dtype: tf.DType = tf.float32,
-                 seed: int = 0, name: Optional[str] = None):
+                 seed: int = 0, n_levels: int = 256, name: Optional[str] = None):
         super().__init__(name=name)
         self.image_shape = check_image_shape(image_shape)
         height, width, n_colors = self.image_shape
@@ -132,7 +133,7 @@ class PixelCNNPlusPlus(tf.Module):
         if output == "categorical" and n_colors != 1:
             raise ValueError("pixelcnn_pp predicts whole pixels: a categorical output needs "
                              f"one colour (grey images), got {n_colors}; use logistic_mixture")
-        self.distribution = make_distribution(output, n_colors, num_mixtures)
+        self.distribution = make_distribution(output, n_colors, num_mixtures, n_levels)
         self.groups = 1
         self.layer_type = type_name
         self.num_classes = int(num_classes)
@@ -452,7 +453,7 @@ class PixelCNNPPStepper:
     def step(self, cache: dict, images: tf.Tensor, pos: Position,
              labels: Optional[tf.Tensor] = None):
         """→ (cache, the distribution parameters of pixel (i, j) ``[N, P]`` float32: the
-        mixture's, or the 256 logits of a grey pixel).
+        mixture's, or the L logits of a grey pixel).
         ``labels``: from ``self.conditions``."""
         model = self.model
         i, j = pos.i, pos.j
