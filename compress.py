@@ -87,6 +87,9 @@ def main(argv: Sequence[str]) -> int:
           f"({8 * encoded.payload_bytes / dims:.4f} coded + {size - encoded.payload_bytes:,} "
           f"bytes of header); the model's bits/dim on these images: {model_bpd:.4f}; "
           f"{len(images) / seconds:.1f} images/s{', verified' if args.verify else ''}")
+    print(f"decompressing needs checkpoint ckpt-{run.step} of {args.workdir}: training on "
+          f"rotates it away after {run.config.train.keep_checkpoints} newer checkpoints "
+          f"(train.keep_checkpoints); copy it aside to keep the file decodable")
     return 0
 
 

@@ -44,10 +44,23 @@ def main(argv: Sequence[str]) -> int:
     # repeat or collide in case, a location that is not writable.
     data_lib.check_image_output(args.output, header.count, header.names, args.force)
     run = load_for_inference(args.workdir, args.overrides)
-    with run.inference_weights():  # the weights compress.py used
-        start = time.perf_counter()
-        images = codec.decode(run.model, data, args.file)
-        seconds = time.perf_counter() - start
+    tried = []
+    for step in run.checkpoints_newest_first():  # the checkpoint that compressed the file
+        with run.inference_weights():  # the weights compress.py used
+            if codec.fingerprint(run.model) != header.fingerprint:
+                tried.append(step)
+                continue
+            if tried:
+                print(f"decoding with ckpt-{step}, the checkpoint that compressed {args.file}")
+            start = time.perf_counter()
+            images = codec.decode(run.model, data, args.file)
+            seconds = time.perf_counter() - start
+            break
+    else:
+        raise codec.CodecError(
+            f"{args.file} was compressed with another model: none of the checkpoints of "
+            f"{args.workdir} (steps {', '.join(map(str, tried))}) wrote it; decompress with "
+            f"the run, and keep the checkpoint (compress.py names it), that compressed it")
     written = data_lib.save_image_files(args.output,
                                         data_lib.to_intensities(images, header.bits),
                                         header.labels, header.names, overwrite=args.force)

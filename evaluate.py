@@ -108,9 +108,9 @@ def _evaluate(args, config, run) -> int:
         result = run.evaluate(data_lib.eval_pipeline(split, config.data.eval_batch_size))
         precision = config.train.mixed_precision
         arithmetic = "" if precision == "none" else f", {precision} arithmetic"
-        print(f"{config.data.dataset} {split_name}: {result.bits_per_dim:.4f} bits/dim, "
-              f"{result.nats_per_image:.2f} nats/image over {result.num_images} images "
-              f"({config.data.bits}-bit, step {run.step}{arithmetic})", flush=True)
+        print(f"{config.data.dataset} {split_name} ({config.data.bits}-bit): "
+              f"{result.nats_per_image:.2f} nats/image, {result.bits_per_dim:.4f} bits/dim "
+              f"over {result.num_images} images (step {run.step}{arithmetic})", flush=True)
         record = {**result.as_dict(), "dataset": config.data.dataset, "path": config.data.path,
                   "split": split_name, "step": run.step, "mixed_precision": precision}
         out_json = workdir_lib.eval_json_path(args.workdir, config.data, split_name)

@@ -24,6 +24,9 @@ def main(argv: Sequence[str]) -> int:
                         help="run directory: checkpoints, TensorBoard events, samples")
     parser.add_argument("--export-only", action="store_true",
                         help="export WORKDIR/saved_model from the latest checkpoint; no training")
+    parser.add_argument("--new-data", action="store_true",
+                        help="resume the run on other data than its recorded data.dataset / "
+                             "data.path (refused otherwise)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
     from pixelcnn_tf.config import load_config
@@ -54,6 +57,7 @@ def _run(args, config, strategy) -> int:
     from pixelcnn_tf.trainer import Trainer
 
     workdir_lib.check_resume_compatible(args.workdir, config)
+    workdir_lib.check_resume_training(args.workdir, config, args.new_data)
     train_split = data_lib.load_split(config.data, "train")
     val_split = data_lib.load_split(config.data, "validation")
     data_lib.check_labels_fit(train_split, config.model.num_classes)

@@ -11,8 +11,18 @@ VERBOSE_ENV = "PIXELCNN_TF_VERBOSE"  # set to 1 to see TensorFlow's native start
 CPU_DEVICES_ENV = "PIXELCNN_TF_CPU_DEVICES"  # N > 1: split the CPU into N logical devices
 
 
+def cpu_devices() -> int:
+    """PIXELCNN_TF_CPU_DEVICES as a count (0 when unset); a ConfigError when it is not one."""
+    from pixelcnn_tf.errors import ConfigError
+    text = os.environ.get(CPU_DEVICES_ENV) or "0"
+    if not text.strip().isdigit() or int(text) > 1024:
+        raise ConfigError(f"{CPU_DEVICES_ENV}={text[:40]!r} must be a number of logical CPU "
+                          f"devices from 1 to 1024 (e.g. 2), or unset")
+    return int(text)
+
+
 def _configure_devices(tf) -> None:
-    n = int(os.environ.get(CPU_DEVICES_ENV) or 0)
+    n = cpu_devices()
     if n > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -28,6 +38,7 @@ def import_tensorflow_quietly(initialize: bool = True) -> None:
     ``initialize=False`` no op runs (MultiWorkerMirroredStrategy must be created first).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    cpu_devices()  # a bad value is one line, before TensorFlow loads
     if os.environ.get(VERBOSE_ENV) == "1":
         import tensorflow
         _configure_devices(tensorflow)

@@ -182,8 +182,9 @@ def _check_npz_array(archive, key: str, path: str,
     if image_shape is not None:
         h, w, c = (int(d) for d in image_shape)
         if tuple(shape[1:]) not in ((h, w, c),) + (((h, w),) if c == 1 else ()):
-            raise DataError(f"{path}: images are {'x'.join(map(str, shape[1:]))} but the "
-                            f"model takes {h}x{w}x{c}")
+            got = tuple(shape[1:]) + ((1,) if len(shape) == 3 else ())  # [N, H, W]: grey
+            raise DataError(f"{path}: images are {'x'.join(map(str, got))} but the model "
+                            f"takes {h}x{w}x{c}")
 
 
 def _float_advice(images: np.ndarray) -> str:
@@ -228,6 +229,9 @@ def _download_probe_target(name: str) -> Tuple[str, int]:
     override = os.environ.get(PROBE_ENV)
     if override:
         host, _, port = override.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise DataError(f"{PROBE_ENV}={override[:60]!r} must be host:port, e.g. "
+                            f"proxy.example.org:3128")
         return host, int(port)
     url = urllib.parse.urlparse(DOWNLOAD_URLS[name])
     return url.hostname, url.port or (443 if url.scheme == "https" else 80)

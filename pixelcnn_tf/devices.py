@@ -103,10 +103,33 @@ def make_strategy(name: str):
         if "TF_CONFIG" not in os.environ:
             raise ConfigError("train.distribute=multi_worker needs TF_CONFIG describing the "
                               "workers (see the README), or use train.distribute=mirrored")
+        check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
                or [d.name for d in tf.config.list_logical_devices("CPU")])
     return tf.distribute.MirroredStrategy(devices)
+
+
+def check_tf_config(text: str) -> None:
+    """TF_CONFIG must be JSON with a cluster of address lists and a task naming one of
+    them; a ConfigError names what is wrong (TensorFlow raises a traceback)."""
+    import json
+    from pixelcnn_tf.errors import ConfigError
+    example = ('e.g. {"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": '
+               '{"type": "worker", "index": 0}}')
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        jobs = cluster[task["type"]]
+        index = task["index"]
+        valid = (isinstance(jobs, list) and isinstance(index, int)
+                 and not isinstance(index, bool) and 0 <= index < len(jobs))
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"TF_CONFIG={text[:60]!r} is not a valid cluster description: it "
+                          f"must be JSON whose task type and index name one of its workers; "
+                          f"{example}")
 
 
 def is_chief_worker(strategy) -> bool:

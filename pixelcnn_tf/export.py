@@ -15,7 +15,9 @@ the number of classes are recorded in the SavedModel (attributes ``image_shape``
 ``.numpy()``). Images are the model's levels 0..2^bits - 1 (``data.bits``; 0..255 for
 8-bit runs): values above are refused with a message naming the bit depth. Images of
 another height, width or channel count fail with a message naming the expected shape, in
-the signatures and the attributes alike; float images are refused, never cast.
+the signatures and the attributes alike; float tensors are refused, never cast (a numpy
+float array given to a *signature* is cast by TensorFlow's argument binding before this
+code runs: docs/compression.md).
 """
 from __future__ import annotations
 

@@ -170,6 +170,8 @@ class TrainedModel(ModelRun):
     config: Config
     image_shape: tuple
     restored: workdir_lib.Restored
+    checkpoint: tf.train.Checkpoint  # the model (and averages) as restored
+    workdir: str
 
     def __post_init__(self):
         self.conditional = self.config.model.num_classes > 0
@@ -178,6 +180,21 @@ class TrainedModel(ModelRun):
     @property
     def step(self) -> int:
         return workdir_lib.checkpoint_step(self.restored.path)
+
+    def checkpoints_newest_first(self):
+        """Yields the step of each readable checkpoint of the run, newest first, with the
+        model holding that checkpoint's weights meanwhile (the one loaded first; then
+        the older ones on disk). Checkpoints that do not restore are passed over."""
+        yield self.step
+        for prefix in workdir_lib.find_checkpoints(self.workdir):
+            if workdir_lib.checkpoint_step(prefix) >= self.step:
+                continue
+            try:
+                self.checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError):
+                continue
+            self.restored = workdir_lib.Restored(prefix, [], [])
+            yield self.step
 
 
 def load_trained(config: Config, workdir: str, image_shape: Sequence[int]) -> TrainedModel:
@@ -198,7 +215,7 @@ def load_trained(config: Config, workdir: str, image_shape: Sequence[int]) -> Tr
     if restored is None:
         raise ConfigError(f"{workdir} has no checkpoint; train first with train.py "
                           f"--workdir {workdir}")
-    return TrainedModel(model, average, config, image_shape, restored)
+    return TrainedModel(model, average, config, image_shape, restored, checkpoint, workdir)
 
 
 def load_for_inference(workdir: str, overrides: Sequence[str] = ()) -> TrainedModel:

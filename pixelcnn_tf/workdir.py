@@ -113,6 +113,30 @@ def check_resume_compatible(workdir: str, config) -> None:
                 f"{section}.{key}={was!r}")
 
 
+def check_resume_training(workdir: str, config, new_data: bool = False) -> None:
+    """What resuming training in ``workdir`` must keep besides the model
+    (``check_resume_compatible``): float16's loss scale (a checkpoint of a float16 run
+    holds it, others do not), and the run's data (``data.dataset``, ``data.path``), unless
+    ``new_data`` says to train the run on other images."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    recorded = read_yaml(path)
+    was = (recorded.get("train") or {}).get("mixed_precision", "none")
+    now = config.train.mixed_precision
+    if was != now and "float16" in (was, now):
+        raise ConfigError(f"train.mixed_precision={now} differs from the run in {workdir} "
+                          f"(train.mixed_precision={was}): float16 runs keep a loss scale in "
+                          f"their checkpoints; keep train.mixed_precision={was}, or use a new "
+                          f"--workdir")
+    data = recorded.get("data") or {}
+    for key in ("dataset", "path"):
+        if key in data and data[key] != getattr(config.data, key) and not new_data:
+            raise ConfigError(f"data.{key}={getattr(config.data, key)!r} differs from the run "
+                              f"in {workdir} (data.{key}={data[key]!r}); keep the run's data, "
+                              f"or add --new-data to train it on these images")
+
+
 def check_image_shape(workdir: str, image_shape: Sequence[int], dataset: str) -> None:
     """Refuses to resume a run on images of another shape."""
     if not os.path.exists(os.path.join(workdir, MODEL_INFO_FILE)):

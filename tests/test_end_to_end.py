@@ -293,6 +293,14 @@ def test_compress_and_decompress_cli(tmp_path):
     with np.load(tmp_path / "o.npz") as f:
         np.testing.assert_array_equal(f["images"], images[..., None])
         np.testing.assert_array_equal(f["labels"], np.arange(7))
+    # Trained on, the run still decodes the file with the checkpoint that wrote it.
+    assert "needs checkpoint ckpt-4" in done.stdout
+    assert run("train.py", "--config", config, "--workdir", workdir,
+               "--set", "train.steps=6").returncode == 0
+    later = run("decompress.py", "--workdir", workdir, packed, "-o", str(tmp_path / "l.npz"))
+    assert later.returncode == 0 and "decoding with ckpt-4" in later.stdout, later.stderr
+    with np.load(tmp_path / "l.npz") as f:
+        np.testing.assert_array_equal(f["images"], images[..., None])
 
     pngs = tmp_path / "pngs"  # a folder of PNGs back to a folder with the same names
     pngs.mkdir()
@@ -332,7 +340,7 @@ def test_compress_and_decompress_cli(tmp_path):
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, images=np.zeros((2, 5, 5), np.uint8))
     fails("compress.py", str(wrong), "-o", str(tmp_path / "w.pxz"),
-          message="images are 5x5x1 but the model of")
+          message="images are 5x5x1 but the model takes 5x4x1")
     other = str(tmp_path / "other")  # another model: the same config, another seed
     assert run("train.py", "--config", config, "--workdir", other, "--set", "train.seed=1",
                "--set", "train.steps=2").returncode == 0

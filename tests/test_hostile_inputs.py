@@ -143,7 +143,7 @@ def test_an_npz_declaring_a_huge_or_foreign_shape_is_refused_from_its_header(tmp
         data_lib.load_npz_images(str(path))
     small = tmp_path / "small.npz"
     small.write_bytes(npz_bytes(images=np.zeros((3, 5, 5), np.uint8)))
-    with pytest.raises(DataError, match="images are 5x5 but the model takes 28x28x1"):
+    with pytest.raises(DataError, match="images are 5x5x1 but the model takes 28x28x1"):
         data_lib.load_image_files(str(small), (28, 28, 1))
 
 
@@ -178,3 +178,25 @@ def test_limits_of_counts_are_checked_where_they_enter():
             load_config(None, [f"{key}={limit + 1}"])
     with pytest.raises(ConfigError, match="must be <= 65536"):
         load_config(None, ["model.num_classes=1000000000000"])
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"PIXELCNN_TF_CPU_DEVICES": "abc"}, "PIXELCNN_TF_CPU_DEVICES='abc' must be a number"),
+    ({"PIXELCNN_TF_DOWNLOAD_PROBE": "nocolon"}, "must be host:port"),
+])
+def test_bad_environment_values_are_one_line_errors(tmp_path, env, message):
+    from helpers import run
+    result = run("train.py", "--config", "config.yml", "--workdir", str(tmp_path / "w"),
+                 env=env)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["not json", '{"cluster": {"worker": ["a:1"]}, "task": '
+                                              '{"type": "worker", "index": 3}}'])
+def test_a_bad_tf_config_is_a_one_line_error(text):
+    from pixelcnn_tf.devices import check_tf_config
+    with pytest.raises(ConfigError, match="is not a valid cluster description"):
+        check_tf_config(text)
+    check_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, "task": '
+                    '{"type": "worker", "index": 1}}')

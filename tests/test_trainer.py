@@ -87,6 +87,30 @@ def test_resume_with_changed_model_settings_is_refused(tmp_path):
         check_resume_compatible(str(tmp_path), cfg)
 
 
+def test_resume_names_the_data_and_precision_that_changed(tmp_path):
+    """The bit depth (what the weights mean), float16's loss scale and the run's data are
+    named when they differ; other data only with --new-data."""
+    from pixelcnn_tf.workdir import check_resume_training
+    cfg = tiny_config(1)
+    save_config(cfg, str(tmp_path / "config.yml"))
+    for key, value, message in (("bits", 1, r"data.bits=1 differs .* \(data.bits=8\)"),
+                                ("threshold", 0.5, "data.threshold=0.5 differs")):
+        changed = tiny_config(1)
+        setattr(changed.data, key, value)
+        with pytest.raises(ConfigError, match=message):
+            check_resume_compatible(str(tmp_path), changed)
+    changed = tiny_config(1)
+    changed.train.mixed_precision = "float16"
+    with pytest.raises(ConfigError, match="train.mixed_precision=float16 differs .* loss scale"):
+        check_resume_training(str(tmp_path), changed)
+    changed.train.mixed_precision = "bfloat16"  # no variables of its own: allowed
+    check_resume_training(str(tmp_path), changed)
+    changed.data.dataset, changed.data.path = "npz", "other.npz"
+    with pytest.raises(ConfigError, match="data.dataset='npz' differs .* add --new-data"):
+        check_resume_training(str(tmp_path), changed)
+    check_resume_training(str(tmp_path), changed, new_data=True)
+
+
 def npz_splits(tmp_path, rng, n=12):
     path = tmp_path / "d.npz"
     np.savez(path, images=rng.integers(0, 256, (n, 4, 4)).astype(np.uint8))
