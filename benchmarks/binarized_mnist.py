@@ -76,7 +76,7 @@ def keras_example(budget: float, n_samples: int) -> dict:
             mask[kh // 2, :kw // 2, ...] = 1.0
             if self.mask_type == "B":
                 mask[kh // 2, kw // 2, ...] = 1.0
-            self.mask = tf.constant(mask)
+            self.mask = mask  # numpy: a constant of whichever graph calls the layer
 
         def call(self, inputs):
             kernel = self.conv.kernel * self.mask

@@ -28,7 +28,7 @@ def run_benchmark(name, *args):
 def test_train_throughput_prints_rates_and_ratios():
     """A small pixelcnn (the reference exists for that type; the default is config.yml)."""
     out = run_benchmark("train_throughput.py", "--config", "configs/quickstart.yml",
-                        "--set", "model.hidden_dim=4", "--set", "model.out_dim=8",
+                        "--set", "model.hidden_dim=3", "--set", "model.out_dim=6",
                         "--rounds", "1", "--steps", "1", "--batch-size", "2")
     assert "bf16 features:" in out
     for name in ("reference (Keras, kernel*mask, fp32)", "ours (fp32)", "ours (bfloat16)"):

@@ -164,7 +164,7 @@ def test_binarized_run_trains_evaluates_samples_exports_and_codes(tmp_path):
     result = run("train.py", "--config", "configs/quickstart.yml", "--workdir", workdir, *args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "nats/image" in result.stdout
-    ev = run("evaluate.py", "--workdir", workdir, "--samples", "4", "--out",
+    ev = run("evaluate.py", "--workdir", workdir, "--samples", "4", "--eval", "--out",
              str(tmp_path / "s.png"))
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert "1-bit" in ev.stdout and "nats/image" in ev.stdout
@@ -173,9 +173,10 @@ def test_binarized_run_trains_evaluates_samples_exports_and_codes(tmp_path):
         record["bits_per_dim"] * 784 * np.log(2), rel=1e-6)
     assert 0 < record["bits_per_dim"] <= 1.5
     # Resuming or evaluating at another depth names the key.
-    for script, extra in (("train.py", ["--config", "configs/quickstart.yml"]),
+    for script, extra in (("train.py", ["--config", "configs/quickstart.yml", *args]),
                           ("evaluate.py", [])):
-        other = run(script, *extra, "--workdir", workdir, "--set", "data.bits=8")
+        other = run(script, *extra, "--workdir", workdir, "--set", "data.bits=8",
+                    "--set", "data.threshold=null")
         assert other.returncode == 2 and "data.bits=8 differs from the run" in other.stderr
     # The SavedModel: its depth, its nats, levels above 1 refused.
     loaded = tf.saved_model.load(os.path.join(workdir, "saved_model"))

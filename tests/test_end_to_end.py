@@ -67,7 +67,7 @@ def test_train_resume_evaluate_and_tensorboard(tmp_path):
              "--completion-out", str(tmp_path / "c.png"), "--set", "sample.method=fast",
              "--eval")
     assert ev.returncode == 0, ev.stderr
-    assert "npz all:" in ev.stdout and "over 9 images" in ev.stdout
+    assert "npz all (8-bit):" in ev.stdout and "over 9 images" in ev.stdout
     assert json.load(open(os.path.join(workdir, "eval_npz_other_all.json")))["num_images"] == 9
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert "wrote completions of 3 images" in ev.stdout
@@ -340,7 +340,7 @@ def test_compress_and_decompress_cli(tmp_path):
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, images=np.zeros((2, 5, 5), np.uint8))
     fails("compress.py", str(wrong), "-o", str(tmp_path / "w.pxz"),
-          message="images are 5x5x1 but the model takes 5x4x1")
+          message="images are 5x5x1 but the model takes 6x5x1")
     other = str(tmp_path / "other")  # another model: the same config, another seed
     assert run("train.py", "--config", config, "--workdir", other, "--set", "train.seed=1",
                "--set", "train.steps=2").returncode == 0

@@ -240,7 +240,7 @@ def test_bad_config_files(trained, tmp_path, make, fragment):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--samples", "-1"], "--samples -1: give a number of images >= 1"),
+    (["--samples", "-1"], "--samples -1: give a number of images from 1 to 4096"),
     (["--completions", "-2"], "--completions -2"),
     (["--completions", "1", "--completion-images", "0"], "--completion-images 0"),
     (["--samples", "1", "--out", "."], "--out . is a directory"),
