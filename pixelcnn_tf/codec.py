@@ -150,11 +150,6 @@ def image_digest(images: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(images, np.uint8).tobytes()).digest()[:16]
 
 
-def bits_of(model) -> int:
-    """The bit depth of the images ``model`` codes."""
-    return int(model.distribution.n_levels).bit_length() - 1
-
-
 # -- the file --------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Header:
@@ -408,7 +403,7 @@ def encode_with_stats(model, images, labels=None, *, names: Optional[Sequence[st
         raise CodecError(f"images must be uint8 levels 0..{top}, got dtype {images.dtype}")
     if images.size and images.max() > top:
         raise CodecError(f"images hold values up to {images.max()} but this model codes "
-                         f"{bits_of(model)}-bit levels 0..{top}: quantize them first "
+                         f"{model.distribution.bits}-bit levels 0..{top}: quantize them first "
                          f"(pixelcnn_tf.data.quantize; compress.py does it)")
     count = len(images)
     if count < 1 or count >= 2**32:
@@ -426,7 +421,7 @@ def encode_with_stats(model, images, labels=None, *, names: Optional[Sequence[st
         _run(model, coder, len(truth), None if labels is None else labels[part])
         bits += coder.bits
     payload = encoder.get_compressed()
-    header = Header(shape, count, int(batch_size), bits_of(model), fingerprint(model),
+    header = Header(shape, count, int(batch_size), model.distribution.bits, fingerprint(model),
                     image_digest(images), labels,
                     None if names is None else [str(n) for n in names], payload)
     return Encoded(_pack(header), bits, 4 * len(payload))
@@ -457,9 +452,9 @@ def check_model(model, header: Header, what: str = "the data") -> None:
         raise CodecError(f"{what} holds {'x'.join(map(str, header.image_shape))} images but "
                          f"this model takes {'x'.join(map(str, model.image_shape))}; "
                          f"decompress with the run that compressed it")
-    if header.bits != bits_of(model):
+    if header.bits != model.distribution.bits:
         raise CodecError(f"{what} holds {header.bits}-bit images but this model codes "
-                         f"{bits_of(model)}-bit ones (data.bits); decompress with the run "
+                         f"{model.distribution.bits}-bit ones (data.bits); decompress with the run "
                          f"that compressed it")
     if header.fingerprint != fingerprint(model):
         raise CodecError(f"{what} was compressed with another model (fingerprint "

@@ -48,8 +48,7 @@ class ExportModule(tf.Module):
         # Non-trainable variables: saved with the model, readable after loading.
         self.image_shape = tf.Variable(model.image_shape, trainable=False, dtype=tf.int32)
         self.num_classes = tf.Variable(model.num_classes, trainable=False, dtype=tf.int32)
-        top = model.distribution.n_levels - 1
-        bits = top.bit_length()
+        top, bits = model.distribution.n_levels - 1, model.distribution.bits
         self.bits = tf.Variable(bits, trainable=False, dtype=tf.int32)
         self.sampling_method = tf.Variable(method, trainable=False)
         self.config_yaml = tf.Variable(yaml.safe_dump(config_to_dict(config), sort_keys=False),

@@ -69,6 +69,11 @@ class Distribution:
         if self.n_levels not in [2 ** b for b in range(1, 9)]:
             raise ValueError(f"n_levels must be 2^bits with bits in 1..8, got {n_levels}")
 
+    @property
+    def bits(self) -> int:
+        """The bit depth of the images: n_levels = 2^bits."""
+        return self.n_levels.bit_length() - 1
+
     groups: int
     num_params: int
 

@@ -71,7 +71,14 @@ def random_model(channels, layer_type="pixelcnn", num_classes=0, shape=(5, 4), s
     if weight_norm:
         model.initialize_from_data(tf.random.uniform([4, *shape, channels]),
                                    tf.constant([0, 1, 2, 0]) if num_classes else None)
-    for v in model.trainable_variables:  # non-zero biases and class biases everywhere
+    return randomize_biases(model)
+
+
+def randomize_biases(model):
+    """Non-zero biases and class biases everywhere (as initialised they are zero), from
+    TensorFlow's global seed. Returns the model."""
+    import tensorflow as tf
+    for v in model.trainable_variables:
         if "bias" in v.name or "class" in v.name:
             v.assign(tf.random.normal(v.shape, stddev=0.5))
     return model

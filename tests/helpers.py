@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, randomize_biases, tiny_config
 from pixelcnn_tf.models import build_model
 from pixelcnn_tf.nn.layers import Position
 
@@ -70,10 +70,7 @@ def multiscale_model(channels, layer_type="gated_pixelcnn", output="categorical"
                       num_classes=num_classes, kernel_size=3, input_kernel_size=5,
                       multiscale=f"{{factor: {factor}}}")
     model = build_model(cfg.model, (*shape, channels))
-    for v in model.trainable_variables if random_biases else ():
-        if "bias" in v.name or "class" in v.name:
-            v.assign(tf.random.normal(v.shape, stddev=0.5))
-    return model
+    return randomize_biases(model) if random_biases else model
 
 
 def run_steps(model, x, labels, context=None):

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import tiny_config
+from conftest import randomize_biases, tiny_config
 from helpers import run
 from pixelcnn_tf import codec, generate_images
 from pixelcnn_tf import data as data_lib
@@ -94,11 +94,7 @@ def low_model(layer_type, output, channels, bits, extra, num_classes=2):
     cfg = tiny_config(channels, type=layer_type, output=output, num_mixtures=2,
                       num_classes=num_classes, **extra).model
     shape = (8, 8, channels) if layer_type == "pixelcnn_pp" else (4, 4, channels)
-    model = build_model(cfg, shape, bits=bits)
-    for v in model.trainable_variables:
-        if "bias" in v.name or "class" in v.name:
-            v.assign(tf.random.normal(v.shape, stddev=0.5))
-    return model
+    return randomize_biases(build_model(cfg, shape, bits=bits))
 
 
 def test_output_sizes_follow_the_bit_depth():

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import randomize_biases, tiny_config
 from helpers import assert_causal_without_blind_spots, raster_jacobian, run_steps
 from pixelcnn_tf import codec, generate_images
 from pixelcnn_tf.config import ConfigError, check_model_fits_images
@@ -83,10 +83,7 @@ class Case:
         everywhere (as initialised they are zero)."""
         tf.random.set_seed(seed)
         model = build_model(self.config(num_classes), shape or self.shape, bits=bits)
-        for v in model.trainable_variables if random_biases else ():
-            if "bias" in v.name or "class" in v.name:
-                v.assign(tf.random.normal(v.shape, stddev=0.5))
-        return model
+        return randomize_biases(model) if random_biases else model
 
 
 def all_cases():
