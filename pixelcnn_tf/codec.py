@@ -56,7 +56,9 @@ import tensorflow as tf
 
 from pixelcnn_tf.models.base import has_steps, walk
 from pixelcnn_tf.errors import DataError
-from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
+from pixelcnn_tf.models.multiscale import MultiScalePixelRNN, place_on_grid
+from pixelcnn_tf.models.parallel_multiscale import (ParallelMultiscalePixelCNN, group_rows,
+                                                    walk_groups)
 from pixelcnn_tf.sampling import write_pixel
 
 PRECISION = 24  # frequencies sum to 2^24: constriction's range coder precision
@@ -293,33 +295,56 @@ class _Coder:
 
 class _CodingLoop:
     """The ``tf.function`` (images int32 ``[N, H, W, C]``, labels ``[N]``) → images that
-    walks every step of ``model`` and hands each sub-pixel's logits to ``self.coder``."""
+    visits every step of ``model`` in its drawing order (``walk``; for a parallel
+    multiscale model its base image with ``walk``, then ``walk_groups``) and hands each
+    sub-pixel's logits to ``self.coder``, the sub-pixels of a group position by position."""
 
     def __init__(self, model):
         self.coder: Optional[_Coder] = None
         self.conditional = model.num_classes > 0
         model_ref = weakref.ref(model)
         height, width, channels = model.image_shape
-        distribution = model.distribution
+        parallel = isinstance(model, ParallelMultiscalePixelCNN)
+        f = 2 ** model.doublings if parallel else 1  # the raster steps' image is x[::f, ::f]
+        distribution = model.distribution.group if parallel else model.distribution
         colours_per_step = channels // distribution.groups
 
-        def code(logits, k):
-            return self.coder(logits, k)
+        def code(logits, first):
+            """logits ``[N·P, L]`` (image-major rows of P positions), ``first`` ``[P]``
+            their sub-pixels' raster indices → the values ``[N·P]``, coded position by
+            position."""
+            per_position = logits.reshape(-1, len(first), logits.shape[-1])  # [N, P, L]
+            return np.stack([self.coder(per_position[:, p], k) for p, k in enumerate(first)],
+                            axis=1).reshape(-1).astype(np.int32)
 
-        def fill(params, images, pos):
-            pixel = images[:, pos.i, pos.j, :]  # int32 [N, C]
+        def code_colours(step_params, pixel, c, first):
+            """``pixel`` int32 ``[N·P, C]`` with the colours of colour group ``c`` coded."""
             for g in range(colours_per_step):  # the colours of this step, in order
-                c = pos.c * colours_per_step + g
-                logits = distribution.subpixel_logits(params, pixel, c)  # [N, L]
-                k = (pos.i * width + pos.j) * channels + c  # the sub-pixel's raster index
-                values = tf.numpy_function(code, [logits, k], tf.int32, stateful=True)
+                colour = c * colours_per_step + g
+                logits = distribution.subpixel_logits(step_params, pixel, colour)  # [N·P, L]
+                values = tf.numpy_function(code, [logits, first + colour], tf.int32,
+                                           stateful=True)
                 values = tf.ensure_shape(values, [None])
-                pixel = tf.where(tf.equal(tf.range(channels), c)[None], values[:, None], pixel)
+                pixel = tf.where(tf.equal(tf.range(channels), colour)[None], values[:, None],
+                                 pixel)
+            return pixel
+
+        def fill(params, images, pos):  # a raster step
+            first = ((pos.i * f) * width + pos.j * f) * channels  # the pixel's, in x
+            pixel = code_colours(params, images[:, pos.i, pos.j, :], pos.c, first[None])
             return write_pixel(images, pos.i, pos.j, pixel)
 
+        def fill_group(params, pixels, first, c):  # every pixel of a group at once
+            rows = code_colours(group_rows(distribution, params, c),
+                                tf.reshape(pixels, [-1, channels]), c, first)
+            return tf.reshape(rows, tf.shape(pixels))
+
         def run(images, labels):
-            return walk(model_ref(), images,
-                                    labels if self.conditional else None, fill)
+            model, labels = model_ref(), labels if self.conditional else None
+            if not parallel:
+                return walk(model, images, labels, fill)
+            base = walk(model.base, images[:, ::f, ::f], labels, fill)
+            return walk_groups(model, place_on_grid(base, images, f), labels, fill_group)
 
         self.run = tf.function(run, input_signature=[
             tf.TensorSpec([None, height, width, channels], tf.int32),
@@ -333,7 +358,8 @@ def _loop(model) -> _CodingLoop:
     if isinstance(model, MultiScalePixelRNN):
         raise CodecError("multi-scale models (model.multiscale) cannot code images yet: "
                          "compress with a one-scale model")
-    if not has_steps(model):
+    if not (has_steps(model) or isinstance(model, ParallelMultiscalePixelCNN)
+            and has_steps(model.base)):
         raise CodecError(f"model type {getattr(model, 'layer_type', type(model).__name__)!r} "
                          f"has no incremental evaluation, which decoding needs")
     if model not in _LOOPS:

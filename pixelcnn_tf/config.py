@@ -133,6 +133,12 @@ class ModelConfig:
     convs_per_block: int = field(default=2, metadata={"min": 1, "max": 64})
     num_heads: int = field(default=1, metadata={"min": 1, "max": 64})
     attention_dim: int = field(default=16, metadata={"min": 1, "max": 4096})
+    # parallel_multiscale: the base image's height (the image is base_size·2^K high for K
+    # doublings), and the base model, any raster-order type, as a model section of its own
+    # (null: {type: gated_pixelcnn} with the defaults); it takes model.output,
+    # model.num_mixtures and model.num_classes from this section.
+    base_size: int = field(default=4, metadata={"min": 1, "max": 4096})
+    base: Optional[dict] = None
 
 
 @dataclass
@@ -228,8 +234,11 @@ def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
                           f"e.g. {value + 1}")
 
 
-def _section_from_dict(section: str, values: Mapping[str, Any]):
+def _section_from_dict(section: str, values: Mapping[str, Any], prefix: str = ""):
+    """The dataclass of ``section`` from ``values``, every key checked; messages name
+    keys ``{prefix or section}.key``."""
     cls = _SECTION_TYPES[section]
+    prefix = prefix or section
     if not isinstance(values, Mapping):
         raise ConfigError(f"config section '{section}' must be a mapping of keys to values, "
                           f"got {type(values).__name__}")
@@ -247,7 +256,7 @@ def _section_from_dict(section: str, values: Mapping[str, Any]):
     obj = cls(**kwargs)
     for name, f in fields.items():  # defaults are checked too (e.g. dynamic choices)
         if name not in kwargs:
-            _check_value(f"{section}.{name}", getattr(obj, name), f.metadata)
+            _check_value(f"{prefix}.{name}", getattr(obj, name), f.metadata)
     return obj
 
 
@@ -265,11 +274,7 @@ def config_from_dict(raw: Optional[Mapping[str, Any]]) -> Config:
 
 def _check_cross_fields(config: Config) -> None:
     model = config.model
-    _check_type_options(model)
-    if model.dilations is not None:
-        _check_dilations(model)
-    if model.multiscale is not None:
-        _check_multiscale(model)
+    _check_model(model)
     if config.data.threshold is not None and config.data.bits != 1:
         raise ConfigError(f"data.threshold={config.data.threshold:g} binarizes images, but "
                           f"data.bits={config.data.bits}: add --set data.bits=1, or --set "
@@ -283,7 +288,44 @@ def _check_cross_fields(config: Config) -> None:
                           f"--set data.dataset=npz, or --set data.path=null")
 
 
-def _check_type_options(model: ModelConfig) -> None:
+def _check_model(model: ModelConfig, prefix: str = "model") -> None:
+    """The checks across the keys of a model section (``prefix``: its name in messages)."""
+    _check_type_options(model, prefix)
+    if model.dilations is not None:
+        _check_dilations(model)
+    if model.multiscale is not None:
+        _check_multiscale(model)
+    if model.type == "parallel_multiscale":
+        base_config(model)
+
+
+# The base of a parallel_multiscale model takes these from the model section.
+BASE_INHERITS = ("output", "num_mixtures", "num_classes")
+
+
+def base_config(model: ModelConfig) -> ModelConfig:
+    """The base model of a ``parallel_multiscale`` model (``model.base``) as a checked
+    ``ModelConfig``: any raster-order type, one scale, with the model section's output,
+    num_mixtures and num_classes."""
+    raw = dict(model.base or {"type": "gated_pixelcnn"})
+    for key in BASE_INHERITS:
+        if key in raw and raw[key] != getattr(model, key):
+            raise ConfigError(f"model.base.{key}={_show(raw[key])}: the base model takes "
+                              f"model.{key} ({_show(getattr(model, key))}); remove "
+                              f"model.base.{key} and set model.{key}")
+        raw[key] = getattr(model, key)
+    raw.setdefault("type", "gated_pixelcnn")
+    if raw["type"] == "parallel_multiscale" or raw.get("multiscale") is not None:
+        raise ConfigError(f"model.base.type={_show(raw['type'])}"
+                          f"{' with model.base.multiscale' if raw.get('multiscale') else ''}"
+                          f": the base image is modelled in raster order; use a one-scale "
+                          f"raster type, e.g. model.base={{type: gated_pixelcnn}}")
+    base = _section_from_dict("model", raw, prefix="model.base")
+    _check_model(base, prefix="model.base")
+    return base
+
+
+def _check_type_options(model: ModelConfig, prefix: str = "model") -> None:
     """Every model key set away from its default must be one the type takes
     (``models.TYPES``): a key a type would ignore is refused, never ignored."""
     from pixelcnn_tf.models import type_options, types_taking
@@ -293,9 +335,9 @@ def _check_type_options(model: ModelConfig) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name not in taken and value != default:
             raise ConfigError(
-                f"model.{f.name}={_show(value)} is not an option of model.type={model.type} "
-                f"(used by {', '.join(types_taking(f.name))}); remove it (or --set "
-                f"model.{f.name}={'null' if default is None else _show(default)})")
+                f"{prefix}.{f.name}={_show(value)} is not an option of {prefix}.type="
+                f"{model.type} (used by {', '.join(types_taking(f.name))}); remove it (or "
+                f"--set {prefix}.{f.name}={'null' if default is None else _show(default)})")
 
 
 MAX_DILATION = 1024
@@ -462,6 +504,9 @@ def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> N
         if height % factor or width % factor:
             raise ConfigError(f"model.multiscale.factor={factor} must divide the image size "
                               f"{height}x{width} (the small image is x[::{factor}, ::{factor}])")
+    if model.type == "parallel_multiscale":
+        check_model_fits_images(base_config(model), parallel_base_shape(model, image_shape))
+        return
     if model.type == "pixelcnn_pp":
         if model.output == "categorical" and channels != 1:
             raise ConfigError(f"model.type=pixelcnn_pp predicts whole pixels (no colour masks): "
@@ -485,3 +530,22 @@ def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> N
                     f"model.{key}={value} must be divisible by 3 for RGB images (channels are "
                     f"split into R|G|B groups); try {value - value % 3} or "
                     f"{value + 3 - value % 3}")
+
+
+def parallel_base_shape(model: ModelConfig, image_shape: Sequence[int]) -> tuple:
+    """The base image shape ``(base_size, W / 2^K, C)`` of a ``parallel_multiscale`` model
+    for images ``image_shape`` (height ``base_size·2^K``, K >= 1 doublings), or a
+    ConfigError that names the sizes that work."""
+    height, width, channels = (int(d) for d in image_shape)
+    size = model.base_size
+    doublings = 0
+    while size << doublings < height:
+        doublings += 1
+    if doublings == 0 or size << doublings != height or width % (1 << doublings):
+        sizes = [height >> k for k in range(1, 13) if height % (1 << k) == 0
+                 and width % (1 << k) == 0]
+        raise ConfigError(f"model.base_size={size} does not fit images {height}x{width}: "
+                          f"the height must be base_size·2^K (K >= 1 doublings) and the width "
+                          f"a multiple of 2^K; base sizes that fit: "
+                          f"{', '.join(map(str, sizes)) or 'none (the height is odd)'}")
+    return (size, width >> doublings, channels)

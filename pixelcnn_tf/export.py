@@ -30,8 +30,8 @@ import tensorflow as tf
 import yaml
 
 from pixelcnn_tf.config import MAX_SAMPLES, Config, config_to_dict
-from pixelcnn_tf.models.base import has_steps, unit_images
-from pixelcnn_tf.sampling import get_sampler
+from pixelcnn_tf.models.base import unit_images
+from pixelcnn_tf.sampling import fast_sampling, get_sampler
 
 SIGNATURES = ("log_prob", "sample", "complete", "serving_default")
 
@@ -44,7 +44,7 @@ class ExportModule(tf.Module):
         self.model = model
         height, width, channels = model.image_shape
         self.conditional = model.num_classes > 0
-        method = "fast" if has_steps(model) else "naive"
+        method = "fast" if fast_sampling(model) else "naive"
         # Non-trainable variables: saved with the model, readable after loading.
         self.image_shape = tf.Variable(model.image_shape, trainable=False, dtype=tf.int32)
         self.num_classes = tf.Variable(model.num_classes, trainable=False, dtype=tf.int32)

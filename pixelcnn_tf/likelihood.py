@@ -109,7 +109,7 @@ class Distribution:
              noise: tf.Tensor, temperature, greedy) -> tf.Tensor:
         """One step's draw: ``pixel`` int32 ``[N, C]`` with the sub-pixels this step
         covers drawn from ``step_params`` (colour group ``c``'s), those where ``kept``
-        (bool ``[C]``) keep their values. ``noise``: ``[N, noise_width]`` uniforms in
+        (bool ``[C]``, or ``[N, C]`` per row) keep their values. ``noise``: ``[N, noise_width]`` uniforms in
         (0, 1); ``temperature`` divides the log-probabilities; ``greedy`` takes the most
         likely value (a bool or a bool tensor)."""
         raise NotImplementedError
@@ -150,7 +150,7 @@ class Categorical(Distribution):
         """Colour ``c`` by Gumbel-max over its L logits."""
         values = gumbel_max(self.subpixel_logits(step_params, pixel, c), noise, temperature,
                             greedy)  # [N]
-        here = tf.equal(tf.range(self.n_colors), c)[None] & ~kept[None]  # [1, C]
+        here = tf.equal(tf.range(self.n_colors), c)[None] & ~kept  # [N, C]
         return tf.where(here, values[:, None], pixel)
 
 
@@ -262,8 +262,8 @@ class LogisticMixture(Distribution):
     def log_weights(self, parts, pixel: tf.Tensor, include) -> tf.Tensor:
         """log π_k + Σ over the colours c with ``include[c]`` of log p_k(colour c | the
         earlier colours of ``pixel``): ``[..., M]``. ``parts``: ``split(params)``;
-        ``pixel``: int ``[..., C]``; ``include``: per colour, a Python bool or a scalar
-        bool tensor (a colour whose value is known only at run time)."""
+        ``pixel``: int ``[..., C]``; ``include``: per colour, a Python bool or a bool
+        tensor broadcastable to ``[..., 1]`` (known only at run time)."""
         logits, means, log_scales, coeffs = parts
         total = tf.nn.log_softmax(logits, axis=-1)
         for c, use in enumerate(include):
@@ -310,7 +310,8 @@ class LogisticMixture(Distribution):
         m, channels = self.num_mixtures, self.n_colors
         parts = self.split(step_params)  # [N, M], [N, C, M], [N, C, M], [N, C(C-1)/2, M]
         _, means, log_scales, coeffs = parts
-        weights = self.log_weights(parts, pixel, tf.unstack(kept, channels))  # [N, M]
+        kept = tf.broadcast_to(kept, tf.shape(pixel))  # [N, C]
+        weights = self.log_weights(parts, pixel, [kept[:, c, None] for c in range(channels)])
         component = gumbel_max(weights, noise[:, :m], temperature, greedy)
         chosen = tf.one_hot(component, m)  # [N, M]
         for c in range(channels):
@@ -321,7 +322,7 @@ class LogisticMixture(Distribution):
             top = float(self.n_levels - 1)
             value = tf.cast(tf.clip_by_value(tf.floor((x + 1.0) * (top / 2.0) + 0.5), 0.0, top),
                             tf.int32)
-            value = tf.where(kept[c], pixel[:, c], value)
+            value = tf.where(kept[:, c], pixel[:, c], value)
             pixel = tf.where(tf.equal(tf.range(channels), c)[None], value[:, None], pixel)
         return pixel
 

@@ -31,6 +31,8 @@ import tensorflow as tf
 
 from pixelcnn_tf.models.base import has_steps, step_position, unit_images, walk
 from pixelcnn_tf.models.multiscale import MultiScalePixelRNN, place_on_grid
+from pixelcnn_tf.models.parallel_multiscale import (ParallelMultiscalePixelCNN, group_rows,
+                                                    walk_groups)
 from pixelcnn_tf.nn.layers import Position
 from pixelcnn_tf.config import SAMPLE_METHODS
 
@@ -76,7 +78,8 @@ def unit_interval(bits: tf.Tensor) -> tf.Tensor:
 
 def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor, width: int = 256
                   ) -> tf.Tensor:
-    """Counter-based uniform noise in (0, 1), ``[n, width]`` float32, for sub-pixel ``k``.
+    """Counter-based uniform noise in (0, 1), ``[n, width]`` float32, for sub-pixel ``k``
+    (``[..., n, width]`` for sub-pixels ``k`` of shape ``[...]``, each as its own call).
 
     Element ``(b, v)`` hashes (seed, k, b, v), v < width <= 256 (a narrower call gives the
     first columns of the full one). All 64 bits of the seed count: for a given
@@ -92,9 +95,10 @@ def uniform_noise(seed: tf.Tensor, k: tf.Tensor, n: tf.Tensor, width: int = 256
     key1 = _hash32(tf.bitwise.bitwise_xor(lo, _hash32(tf.cast(k, tf.uint32))))
     key2 = _hash32(tf.bitwise.bitwise_xor(hi, _hash32(key1)))
     index = tf.range(n)[:, None] * 256 + tf.range(width)[None, :]  # (b, v) → b·256 + v
+    key1, key2 = key1[..., None, None], key2[..., None, None]  # [..., 1, 1]
     bits = _hash32(tf.bitwise.bitwise_xor(_hash32(tf.cast(index, tf.uint32)), key1))
     bits = _hash32(tf.bitwise.bitwise_xor(bits, key2))
-    return unit_interval(bits)  # [n, width]
+    return unit_interval(bits)  # [..., n, width]
 
 
 class Stage(NamedTuple):
@@ -220,11 +224,59 @@ def _multiscale_loop(model_ref, method: str, conditional: bool):
     return sample
 
 
+def _parallel_loop(model_ref, method: str, conditional: bool):
+    """A ``ParallelMultiscalePixelCNN``: the base image x[::2^K, ::2^K] with the base
+    model's ``method`` loop, then every group of pixels at once (``walk_groups``: one
+    network pass per group and colour group; "naive" runs the whole model for each).
+    Every sub-pixel is drawn with its own noise (that of its raster index in x), so both
+    methods give the same images. Sub-pixels before ``start`` keep their values."""
+    model = model_ref()
+    f, distribution = 2 ** model.doublings, model.distribution.group
+    loop = _fast_loop if method == "fast" and has_steps(model.base) else _naive_loop
+    base_loop = loop(weakref.ref(model.base), conditional, Stage(scale=f))
+
+    def sample(images, start, seed, temperature, greedy, labels):
+        model = model_ref()  # traced while the caller holds the model
+        base = base_loop(images[:, ::f, ::f], start, seed, temperature, greedy, labels)
+
+        def draw(params, pixels, first, c):
+            return _draw_group(distribution, params, pixels, first, c, start, seed,
+                               temperature, greedy)
+
+        return walk_groups(model, place_on_grid(base, images, f),
+                           labels if conditional else None, draw, full_pass=method == "naive")
+
+    return sample
+
+
+def _draw_group(distribution, params: tf.Tensor, pixels: tf.Tensor, first: tf.Tensor, c: int,
+                start: tf.Tensor, seed, temperature, greedy) -> tf.Tensor:
+    """Colour group ``c`` of every pixel of a group drawn at once: ``params`` ``[N, r, s,
+    ...]`` the distribution's parameters of the pixels ``[N, r, s, C]`` (int32), ``first``
+    ``[r·s]`` their first sub-pixels' raster indices. Each (image, position) becomes a row
+    of ``distribution.draw`` with its own noise and kept sub-pixels."""
+    shape, channels = tf.shape(pixels), pixels.shape[-1]
+    n = shape[0]
+    kept = first[:, None] + tf.range(channels)[None, :] < start  # [P, C]
+    noise = uniform_noise(seed, first + c, n, distribution.noise_width)  # [P, N, width]
+    noise = tf.reshape(tf.transpose(noise, [1, 0, 2]), [-1, distribution.noise_width])
+    drawn = distribution.draw(group_rows(distribution, params, c),
+                              tf.reshape(pixels, [-1, channels]), c, tf.tile(kept, [n, 1]),
+                              noise, temperature, greedy)
+    return tf.reshape(drawn, shape)
+
+
+def fast_sampling(model) -> bool:
+    """Whether ``model`` has a fast sampler: a cached step-by-step evaluation, or the
+    group-parallel loop of the Parallel Multiscale PixelCNN."""
+    return isinstance(model, ParallelMultiscalePixelCNN) or has_steps(model)
+
+
 def get_sampler(model, method: str, conditional: bool):
     """The cached ``tf.function`` ``(images int32 [N, H, W, C], start, seed int64,
     temperature, greedy bool, labels int32 [N]) → uint8 images`` for ``model`` (one per
     method and conditioning)."""
-    if method == "fast" and not has_steps(model):
+    if method == "fast" and not fast_sampling(model):
         log.warning("model type %r cannot be sampled with cached positions; using the "
                     "naive sampler", getattr(model, "layer_type", type(model).__name__))
         method = "naive"
@@ -234,7 +286,9 @@ def get_sampler(model, method: str, conditional: bool):
         height, width, channels = model.image_shape
         # The loops hold the model weakly, so the cache entry (whose key is the model)
         # goes away with the model.
-        if isinstance(model, MultiScalePixelRNN):
+        if isinstance(model, ParallelMultiscalePixelCNN):
+            loop = _parallel_loop(weakref.ref(model), method, conditional)
+        elif isinstance(model, MultiScalePixelRNN):
             loop = _multiscale_loop(weakref.ref(model), method, conditional)
         else:
             loop = (_fast_loop if method == "fast" else _naive_loop)(weakref.ref(model),

@@ -44,6 +44,43 @@ def assert_causal_without_blind_spots(jac, per_step: int):
         assert np.any(jac[out, :out * per_step] != 0.0), f"step {out} ignores its inputs"
 
 
+def assert_follows_draw_order(model, image_shape, seed=0, n_images=4):
+    """A parallel multiscale model, untrained: the parameters of every group's sub-pixel
+    depend only on sub-pixels drawn in earlier passes (``model.draw_order()``: the lower
+    resolutions, earlier groups and earlier colours of the same pixel), and on the
+    low-resolution pixel of its own 2x2 block (and, for a colour after the first, on the
+    colour before it), so the network is not dead; the base model is causal in raster
+    order."""
+    h, w, c = image_shape
+    base_shape = model.base.image_shape
+    per_step = 1 if model.distribution.groups == c else c
+    assert_causal_without_blind_spots(raster_jacobian(model.base, base_shape), per_step)
+    order = model.draw_order()
+    gen = np.random.default_rng(seed)
+    x = tf.constant(gen.uniform(size=(n_images, h, w, c)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        _, groups = model(x)
+        projected = [tf.reduce_sum(p * gen.normal(size=p.shape[1:]).astype(np.float32), -1)
+                     for p in groups]  # [N, r, s, C] (categorical) or [N, r, s]
+    for index, y in enumerate(projected):
+        level, g = divmod(index, 3)
+        g += 1
+        step = 2 ** (model.doublings - 1 - level)
+        di, dj = divmod(g, 2)
+        jac = np.abs(tape.batch_jacobian(y, x).numpy()).sum(0)  # [r, s, (C,) H, W, C]
+        jac = jac.reshape(*jac.shape[:2], -1, h, w, c)  # [r, s, colours, H, W, C]
+        for a, b, colour in np.ndindex(*jac.shape[:3]):
+            i, j = (2 * a + di) * step, (2 * b + dj) * step
+            seen = jac[a, b, colour]
+            assert np.all(seen[order >= order[i, j, colour]] == 0.0), (
+                f"level {level} group {g} pixel ({i}, {j}) colour {colour} sees a sub-pixel "
+                f"drawn with it or later")
+            assert np.any(seen[i - di * step, j - dj * step] != 0.0), "ignores its block"
+            if colour > 0:
+                assert seen[i, j, colour - 1] != 0.0, "ignores the colour before it"
+
+
 def numpy_masked_conv(x, kernel, bias, mask, dilation=1):
     """Reference: stride 1, zero (SAME) padding, cross-correlation like tf.nn.conv2d; tap
     (di, dj) reads the input at (i + d·(di - kh//2), j + d·(dj - kw//2))."""

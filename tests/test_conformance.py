@@ -3,7 +3,8 @@
 same checks. A new type is listed here by registering it; it passes when it is correct.
 
   causality     the Jacobian of an untrained model: each step depends on every earlier
-                sub-pixel (no blind spot) and on nothing from its own on
+                sub-pixel (no blind spot) and on nothing from its own on (for a model
+                drawn group by group, on nothing drawn in its pass or later)
   steps         the cached step-by-step evaluation equals the full pass, class labels too
   sampling      fast == naive, image for image: seeds, temperature, greedy, completion from
                 several start positions, labels
@@ -28,11 +29,13 @@ import pytest
 import tensorflow as tf
 
 from conftest import randomize_biases, tiny_config
-from helpers import assert_causal_without_blind_spots, raster_jacobian, run_steps
+from helpers import (assert_causal_without_blind_spots, assert_follows_draw_order,
+                     raster_jacobian, run_steps)
 from pixelcnn_tf import codec, generate_images
 from pixelcnn_tf.config import ConfigError, check_model_fits_images
 from pixelcnn_tf.models import build_model, model_types, type_options
-from pixelcnn_tf.models.base import has_steps, unit_images
+from pixelcnn_tf.models.base import unit_images
+from pixelcnn_tf.sampling import fast_sampling
 
 OUTPUTS = ("categorical", "logistic_mixture")
 VARIANTS = {  # variant → (the model options it sets, the option a type must take)
@@ -41,8 +44,12 @@ VARIANTS = {  # variant → (the model options it sets, the option a type must t
     "multiscale": ({"multiscale": "{factor: 2}"}, "multiscale"),
 }
 SHAPES = {"": (5, 4), "dilated": (6, 5), "multiscale": (6, 4)}  # rates 2, 3 pass the edges
-WHOLE_MODEL_SHAPE = (8, 8)  # pixelcnn_pp: three resolutions need multiples of 4
+TYPE_SHAPES = {"pixelcnn_pp": (8, 8),  # three resolutions need multiples of 4
+               "parallel_multiscale": (4, 8)}  # a 1x2 base image, two doublings
 SMALL = {"kernel_size": 3, "input_kernel_size": 5, "num_mixtures": 2, "n_layers": 2}
+PARALLEL = {"base_size": 1, "n_layers": 1,  # a 1-pixel-high base, so 2x2 images work
+            "base": "{type: gated_pixelcnn, hidden_dim: 6, out_dim: 6, n_layers: 2, "
+                    "input_kernel_size: 3}"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +69,14 @@ class Case:
         model = {k: v for k, v in {**SMALL, **options}.items() if k in taken}
         if self.type == "pixelcnn_pp":
             model.update(hidden_dim=4, n_layers=1)
+        if self.type == "parallel_multiscale":
+            model.update(PARALLEL)
         return tiny_config(self.channels, type=self.type, output=self.output,
                            num_classes=num_classes, **model).model
 
     @property
     def shape(self):
-        size = WHOLE_MODEL_SHAPE if self.type == "pixelcnn_pp" else SHAPES[self.variant]
+        size = TYPE_SHAPES.get(self.type, SHAPES[self.variant])
         return (*size, self.channels)
 
     def fits(self, shape) -> bool:
@@ -100,7 +109,7 @@ def all_cases():
 
 
 CASES = list(all_cases())
-STEPPED = [c for c in CASES if has_steps(c.model())]
+STEPPED = [c for c in CASES if fast_sampling(c.model())]
 CODED = [c for c in STEPPED if c.variant != "multiscale"]
 
 
@@ -112,9 +121,12 @@ def test_every_type_is_in_the_suite():
 
 
 def walked(model, x):
-    """The networks the samplers walk, each with its input and context: the model, or
-    for a multi-scale model the small network on x[::f, ::f] and the conditional network
-    on x given that small image."""
+    """The networks the samplers walk step by step, each with its input and context: the
+    model; for a multi-scale model the small network on x[::f, ::f] and the conditional
+    network on x given that small image; for a parallel multiscale model its base model
+    on the base image (its groups are drawn by full passes of their networks)."""
+    if hasattr(model, "draw_order"):
+        return [(model.base, model.level_image(x, 0), None)]
     if not hasattr(model, "small"):
         return [(model, x, None)]
     small = model.small_image(x)
@@ -129,6 +141,9 @@ def test_causal_by_jacobian(case):
     nothing else."""
     model = case.model(random_biases=False)
     per_step = 1 if case.output == "categorical" else case.channels
+    if hasattr(model, "draw_order"):  # drawn group by group, not in raster order
+        assert_follows_draw_order(model, case.shape)
+        return
     if not hasattr(model, "small"):
         assert_causal_without_blind_spots(raster_jacobian(model, case.shape), per_step)
         return

@@ -28,6 +28,7 @@ TYPES = {
     "pixelsnail": ("pixelsnail", _CONTAINER + ("num_heads", "attention_dim",
                                                "convs_per_block")),
     "pixelcnn_pp": ("pixelcnn_pp", ("dropout", "weight_norm")),
+    "parallel_multiscale": ("parallel_multiscale", ("kernel_size", "base_size", "base")),
 }
 
 
