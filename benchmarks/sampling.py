@@ -3,6 +3,8 @@
   python benchmarks/sampling.py [--n-images 16] [--naive-steps 24] [--types pixelcnn,...]
   python benchmarks/sampling.py --types gated_pixelcnn,pixelsnail --step-cost-sizes 8,16,32,64
   python benchmarks/sampling.py --types pixelcnn_pp --sizes cifar10 --precisions none,bfloat16
+  python benchmarks/sampling.py --types parallel_multiscale,gated_pixelcnn,pixelcnn_pp \
+      --growth-sizes 32,64,128
 
 For the quickstart model (28x28x1) and the CIFAR-10 model (32x32x3) of each type it
 times, after a warm-up, the generation of --n-images images with method="fast" (every
@@ -15,7 +17,9 @@ PixelRNN container's types) the floor: the model's FLOPs per image (every masked
 convolution evaluated once at every position, counting the kernel rows a position can
 see) at the machine's measured matmul throughput. --sizes picks the quickstart or the
 CIFAR-10 model alone, --precisions times each in other layer dtypes too (as
-train.mixed_precision).
+train.mixed_precision). --growth-sizes times the fast sampler of similar-size models
+(``GROWTH``) at growing image sizes: how each type's time grows per doubling of the side
+(the parallel multiscale type draws a group of pixels per pass, the others a pixel).
 """
 from __future__ import annotations
 
@@ -143,6 +147,45 @@ def step_cost(types, sizes, n: int) -> None:
               + f"   {per_step[-1] / per_step[0]:.1f}x")
 
 
+# Quickstart-size models of similar parameter counts (about 0.5M) for the growth table;
+# RGB images use every type's logistic mixture (PixelCNN++ has no RGB categorical).
+GROWTH = {
+    "parallel_multiscale": ("quickstart_parallel_multiscale.yml", ["model.base_size=4"]),
+    "gated_pixelcnn": ("quickstart_gated_pixelcnn.yml", ["model.hidden_dim=36"]),
+    "pixelcnn_pp": ("quickstart_pixelcnn_pp.yml", []),
+}
+
+
+def growth(types, sizes, channels_list, n: int) -> None:
+    """The fast sampler's time for ``n`` HxH images at each size, per type, with its
+    growth per doubling of the side and each type's time over the first type's."""
+    for channels in channels_list:
+        rows = {}
+        for layer_type in types:
+            config, overrides = GROWTH[layer_type]
+            if channels == 3:
+                overrides = overrides + ["model.output=logistic_mixture"]
+            cfg = load_config(os.path.join(ROOT, "configs", config), overrides)
+            times = []
+            for h in sizes:
+                tf.random.set_seed(0)
+                model = build_model(cfg.model, (h, h, channels))
+                params = count_parameters(model)
+                times.append(timed(lambda: generate_images(model, (h, h), n, channels,
+                                                           seed=0, method="fast")))
+                print(f"  {layer_type} {h}x{h}x{channels}: {times[-1]:.3f} s", flush=True)
+            rows[layer_type] = (params, times)
+        print(f"\nfast sampler, {n} images of {channels} channel(s), seconds by size "
+              f"(growth per doubling of the side; x: time over {types[0]}'s):")
+        print("  type                  params" + "".join(f"{f'{h}x{h}':>22}" for h in sizes))
+        first = rows[types[0]][1]
+        for layer_type, (params, times) in rows.items():
+            cells = [f"{times[0]:9.3f} s{'':6}{times[0] / first[0]:5.1f}x"]
+            cells += [f"{t:9.3f} s ({t / p:4.1f}x) {t / f:5.1f}x"
+                      for p, t, f in zip(times, times[1:], first[1:])]
+            print(f"  {layer_type:<20}{params:>8,}" + "".join(f"{c:>22}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +205,17 @@ def main() -> None:
     parser.add_argument("--step-cost-sizes", default="",
                         help="comma-separated image sizes H (HxH grey): time the fast "
                              "sampler per step at each, for --types, and stop")
+    parser.add_argument("--growth-sizes", default="",
+                        help="comma-separated image sizes H: time the fast sampler of "
+                             "--types at HxH (grey, then RGB) and stop, e.g. 32,64,128 "
+                             "with --types parallel_multiscale,gated_pixelcnn,pixelcnn_pp")
+    parser.add_argument("--channels", default="1,3",
+                        help="colour counts for --growth-sizes")
     args = parser.parse_args()
+    if args.growth_sizes:
+        growth(args.types.split(","), [int(h) for h in args.growth_sizes.split(",")],
+               [int(c) for c in args.channels.split(",")], args.n_images)
+        return
     if args.step_cost_sizes:
         step_cost(args.types.split(","), [int(h) for h in args.step_cost_sizes.split(",")],
                   args.n_images)

@@ -346,7 +346,7 @@ class _CodingLoop:
             base = walk(model.base, images[:, ::f, ::f], labels, fill)
             return walk_groups(model, place_on_grid(base, images, f), labels, fill_group)
 
-        self.run = tf.function(run, input_signature=[
+        self.run = tf.function(run, autograph=False, input_signature=[
             tf.TensorSpec([None, height, width, channels], tf.int32),
             tf.TensorSpec([None], tf.int32)])
 

@@ -136,7 +136,8 @@ class ModelConfig:
     # parallel_multiscale: the base image's height (the image is base_size·2^K high for K
     # doublings), and the base model, any raster-order type, as a model section of its own
     # (null: {type: gated_pixelcnn} with the defaults); it takes model.output,
-    # model.num_mixtures and model.num_classes from this section.
+    # model.num_mixtures and model.num_classes from this section. Once checked, a
+    # ModelConfig with every key (so the run's recorded config names them all).
     base_size: int = field(default=4, metadata={"min": 1, "max": 4096})
     base: Optional[dict] = None
 
@@ -247,9 +248,9 @@ def _section_from_dict(section: str, values: Mapping[str, Any], prefix: str = ""
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key '{section}.{key}'; allowed keys in "
-                              f"'{section}': {', '.join(fields)}")
-        full = f"{section}.{key}"
+            raise ConfigError(f"unknown config key '{prefix}.{key}'; allowed keys in "
+                              f"'{prefix}': {', '.join(fields)}")
+        full = f"{prefix}.{key}"
         value = _coerce(full, value, hints[key])
         _check_value(full, value, fields[key].metadata)
         kwargs[key] = value
@@ -296,7 +297,7 @@ def _check_model(model: ModelConfig, prefix: str = "model") -> None:
     if model.multiscale is not None:
         _check_multiscale(model)
     if model.type == "parallel_multiscale":
-        base_config(model)
+        model.base = base_config(model)  # from here on a ModelConfig, all keys explicit
 
 
 # The base of a parallel_multiscale model takes these from the model section.
@@ -304,9 +305,9 @@ BASE_INHERITS = ("output", "num_mixtures", "num_classes")
 
 
 def base_config(model: ModelConfig) -> ModelConfig:
-    """The base model of a ``parallel_multiscale`` model (``model.base``) as a checked
-    ``ModelConfig``: any raster-order type, one scale, with the model section's output,
-    num_mixtures and num_classes."""
+    """The base model of a ``parallel_multiscale`` model (``model.base``: a mapping, or
+    None for a gated PixelCNN) as a checked ``ModelConfig``: any raster-order type, one
+    scale, with the model section's output, num_mixtures and num_classes."""
     raw = dict(model.base or {"type": "gated_pixelcnn"})
     for key in BASE_INHERITS:
         if key in raw and raw[key] != getattr(model, key):
@@ -505,7 +506,7 @@ def check_model_fits_images(model: ModelConfig, image_shape: Sequence[int]) -> N
             raise ConfigError(f"model.multiscale.factor={factor} must divide the image size "
                               f"{height}x{width} (the small image is x[::{factor}, ::{factor}])")
     if model.type == "parallel_multiscale":
-        check_model_fits_images(base_config(model), parallel_base_shape(model, image_shape))
+        check_model_fits_images(model.base, parallel_base_shape(model, image_shape))
         return
     if model.type == "pixelcnn_pp":
         if model.output == "categorical" and channels != 1:

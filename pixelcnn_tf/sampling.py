@@ -227,13 +227,18 @@ def _multiscale_loop(model_ref, method: str, conditional: bool):
 def _parallel_loop(model_ref, method: str, conditional: bool):
     """A ``ParallelMultiscalePixelCNN``: the base image x[::2^K, ::2^K] with the base
     model's ``method`` loop, then every group of pixels at once (``walk_groups``: one
-    network pass per group and colour group; "naive" runs the whole model for each).
+    network pass per group and colour group; "naive" runs the group's whole network for
+    each).
     Every sub-pixel is drawn with its own noise (that of its raster index in x), so both
     methods give the same images. Sub-pixels before ``start`` keep their values."""
     model = model_ref()
     f, distribution = 2 ** model.doublings, model.distribution.group
     loop = _fast_loop if method == "fast" and has_steps(model.base) else _naive_loop
-    base_loop = loop(weakref.ref(model.base), conditional, Stage(scale=f))
+    # XLA fuses the base's many small per-position steps (as for every fast sampler); the
+    # group passes are a few whole-image convolutions each, which compile for minutes
+    # and gain nothing, so they run in graph mode.
+    base_loop = tf.function(loop(weakref.ref(model.base), conditional, Stage(scale=f)),
+                            jit_compile=method == "fast", autograph=False)
 
     def sample(images, start, seed, temperature, greedy, labels):
         model = model_ref()  # traced while the caller holds the model
@@ -297,7 +302,10 @@ def get_sampler(model, method: str, conditional: bool):
             lambda *args: tf.cast(loop(*args), tf.uint8),
             # XLA fuses the fast loop's many small per-position ops (about 5x faster on
             # CPU); the naive loop is dominated by full convolutions and stays in graph mode.
-            jit_compile=(method == "fast"),
+            jit_compile=method == "fast" and not isinstance(model, ParallelMultiscalePixelCNN),
+            # The loops are written with tf.while_loop and tf.cond; converting every
+            # function the model calls with AutoGraph only costs tracing time.
+            autograph=False,
             input_signature=[
                 tf.TensorSpec([None, height, width, channels], tf.int32),  # images
                 tf.TensorSpec([], tf.int32),  # first sub-pixel to draw

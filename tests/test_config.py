@@ -33,8 +33,8 @@ def test_round_trip_is_plain_yaml(tmp_path):
                              "hidden_dim, out_dim"),
     (["modle.type=pixelcnn"], "unknown config section 'modle'"),
     (["model.type=transformer"], "model.type='transformer' is not allowed; allowed values: "
-                                 "diagonal_bilstm, gated_pixelcnn, pixelcnn, pixelcnn_pp, "
-                                 "pixelsnail, row_lstm"),
+                                 "diagonal_bilstm, gated_pixelcnn, parallel_multiscale, "
+                                 "pixelcnn, pixelcnn_pp, pixelsnail, row_lstm"),
     (["data.dataset=imagenet"], "data.dataset='imagenet' is not allowed; allowed values: "
                                 "cifar10, mnist, fashion_mnist, mnist5k, npz"),
     (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be >= 1"),

@@ -73,6 +73,8 @@ def load_in_fresh_process(tmp_path, path, images, conditional):
 MIXTURE = dict(output="logistic_mixture", num_mixtures=2)
 PP = dict(MIXTURE, hidden_dim=6, n_layers=1, dropout=0.5)
 MULTISCALE = dict(multiscale="{factor: 2}")
+PARALLEL = dict(base_size=1, n_layers=1, base="{type: gated_pixelcnn, hidden_dim: 6, "
+                "out_dim: 6, n_layers: 2, input_kernel_size: 3}")
 
 
 @pytest.mark.parametrize("layer_type,num_classes,model_keys", [
@@ -80,11 +82,13 @@ MULTISCALE = dict(multiscale="{factor: 2}")
     ("diagonal_bilstm", 2, {}), ("gated_pixelcnn", 0, MIXTURE), ("pixelcnn_pp", 2, PP),
     ("pixelcnn_pp", 0, dict(PP, weight_norm=True)),
     ("gated_pixelcnn", 2, MULTISCALE), ("row_lstm", 0, dict(MULTISCALE, **MIXTURE)),
-    ("pixelsnail", 2, dict(num_heads=2)), ("pixelsnail", 0, MIXTURE)])
+    ("pixelsnail", 2, dict(num_heads=2)), ("pixelsnail", 0, MIXTURE),
+    ("parallel_multiscale", 2, PARALLEL), ("parallel_multiscale", 0, dict(PARALLEL, **MIXTURE))])
 def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes,
                                                          model_keys):
     shape = ((8, 4, 3) if layer_type == "pixelcnn_pp" else
-             (6, 4, 3) if "multiscale" in model_keys else SHAPE)
+             (6, 4, 3) if "multiscale" in model_keys else
+             (4, 8, 3) if layer_type == "parallel_multiscale" else SHAPE)
     trainer = trained_trainer(tmp_path, num_classes, layer_type, shape, **model_keys)
     model = trainer.model
     path = export_saved_model(model, trainer.config, str(tmp_path / "sm"))

@@ -24,7 +24,8 @@ LAYERS = [
     {"models.base"},
     {"models.pixel_rnn", "models.recurrent"},
     {"models.pixelcnn", "models.gated_pixelcnn", "models.row_lstm", "models.diagonal_bilstm",
-     "models.pixelsnail", "models.pixelcnn_pp", "models.multiscale"},
+     "models.pixelsnail", "models.pixelcnn_pp", "models.multiscale",
+     "models.parallel_multiscale"},
     # The type table and build_model (no TensorFlow at import), and the config that
     # checks model.type against the table.
     {"models", "config"},

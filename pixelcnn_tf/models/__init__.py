@@ -89,7 +89,13 @@ def build_model(model_config, image_shape: Sequence[int], compute_dtype=None, se
     compute_dtype = tf.float32 if compute_dtype is None else compute_dtype
     module = type_module(model_config.type)
     if hasattr(module, "build"):  # a whole-model type
-        model = module.build(model_config, image_shape, compute_dtype, seed, n_levels)
+        extra = {}
+        if getattr(model_config, "base", None) is not None:  # parallel_multiscale's base
+            extra["base"] = build_model(model_config.base,
+                                        module.base_shape(model_config, image_shape),
+                                        compute_dtype, seed, bits)
+        model = module.build(model_config, image_shape, compute_dtype, seed, n_levels,
+                             **extra)
     elif model_config.multiscale:
         from pixelcnn_tf.models.multiscale import MultiScalePixelRNN
         model = MultiScalePixelRNN.from_config(module.LAYER, model_config, image_shape,

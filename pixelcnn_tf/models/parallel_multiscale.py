@@ -43,7 +43,8 @@ Drawing and coding (``walk_groups``, used by sampling.py and codec.py): the base
 with the base type's own loop, then per doubling and group one pass of
 ``GroupNetwork.features`` and one ``head`` per colour group: O(K·3·C) passes in all
 (K = log2 of the image side over the base's). With ``full_pass`` (the naive sampler)
-the whole model runs for each of these passes instead; the images are the same.
+the group's network runs whole (``GroupNetwork.__call__``) for each of these passes
+instead; the images are the same.
 """
 from __future__ import annotations
 
@@ -62,22 +63,25 @@ GROUPS = 3  # drawn groups per doubling: (0, 1), (1, 0), (1, 1) of each 2x2 bloc
 
 
 def build(model_config, image_shape: Sequence[int], compute_dtype: tf.DType = tf.float32,
-          seed: int = 0, n_levels: int = 256) -> "ParallelMultiscalePixelCNN":
+          seed: int = 0, n_levels: int = 256, base=None) -> "ParallelMultiscalePixelCNN":
     """The model of ``model_config``: ``hidden_dim`` h channels and ``n_layers`` residual
-    blocks of KxK (``kernel_size``) convolutions per group network; ``model.base`` and
-    ``model.base_size`` set the base model and image."""
-    from pixelcnn_tf.config import base_config, parallel_base_shape
-    from pixelcnn_tf.models import build_model
-
+    blocks of KxK (``kernel_size``) convolutions per group network, over ``base``, the
+    base model that ``build_model`` built from ``model.base`` for images
+    ``base_shape(model_config, image_shape)``."""
     m = model_config
-    base_shape = parallel_base_shape(m, image_shape)
-    base = build_model(base_config(m), base_shape, compute_dtype, seed,
-                       bits=n_levels.bit_length() - 1)
     return ParallelMultiscalePixelCNN(image_shape, base, hidden_dim=m.hidden_dim,
                                       n_layers=m.n_layers, kernel_size=m.kernel_size,
                                       output=m.output, num_mixtures=m.num_mixtures,
                                       num_classes=m.num_classes, compute_dtype=compute_dtype,
                                       n_levels=n_levels, name=type_name)
+
+
+def base_shape(model_config, image_shape: Sequence[int]) -> tuple:
+    """The base image's shape ``(base_size, W / 2^K, C)`` for images of height
+    ``base_size``·2^K (the config checked that they fit: ``parallel_base_shape``)."""
+    height, width, channels = (int(d) for d in image_shape)
+    doublings = (height // model_config.base_size).bit_length() - 1
+    return (height >> doublings, width >> doublings, channels)
 
 
 def pixel_blocks(images: tf.Tensor) -> tf.Tensor:
@@ -287,8 +291,8 @@ def walk_groups(model: ParallelMultiscalePixelCNN, images: tf.Tensor,
     For doubling l = 0..K-1, group g = 1, 2, 3 and colour group c of the distribution
     (C for the categorical, 1 for the mixture): the parameters of colour group c of
     every pixel of the group, ``[N, r, s, ...]`` (the body of g's network once per group,
-    its head once per colour group; with ``full_pass`` the whole model each time, the
-    naive sampler's reference), then ``fill(params, pixels, first, c)`` returns the
+    its head once per colour group; with ``full_pass`` the network's plain call each
+    time, the naive sampler's reference), then ``fill(params, pixels, first, c)`` returns the
     group's pixels ``[N, r, s, C]`` with colour group c written (the sampler draws them,
     the codec codes them); ``first`` ``[r·s]``: their first sub-pixels' raster indices.
     """
@@ -302,9 +306,8 @@ def walk_groups(model: ParallelMultiscalePixelCNN, images: tf.Tensor,
             if not full_pass:
                 features = network.features(unit_images(blocks[..., :g, :], n_levels), labels)
             for c in range(model.distribution.groups):
-                if full_pass:
-                    params = model(unit_images(images, n_levels), labels)[1][
-                        GROUPS * level + g - 1]
+                if full_pass:  # the network's plain call on everything drawn so far
+                    params = network(unit_images(blocks, n_levels), labels)
                 else:
                     params = network.head(features, unit_images(blocks[..., g, :], n_levels))
                 pixels = fill(params, blocks[..., g, :], first, c)
