@@ -320,7 +320,9 @@ class _CodingLoop:
         def code_colours(step_params, pixel, c, first):
             """``pixel`` int32 ``[N·P, C]`` with the colours of colour group ``c`` coded."""
             for g in range(colours_per_step):  # the colours of this step, in order
-                colour = c * colours_per_step + g
+                # The categorical's step codes its colour group c (a tensor inside the
+                # loop); the mixture's (one group: c = 0) every colour of the pixel.
+                colour = g if distribution.groups == 1 else c
                 logits = distribution.subpixel_logits(step_params, pixel, colour)  # [N·P, L]
                 values = tf.numpy_function(code, [logits, first + colour], tf.int32,
                                            stateful=True)
