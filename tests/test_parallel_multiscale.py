@@ -130,6 +130,7 @@ def test_recorded_config_names_the_whole_base():
     assert default.type == "gated_pixelcnn" and default.hidden_dim == 24
 
 
+@pytest.mark.slow
 def test_trains_evaluates_samples_exports_and_compresses_through_the_clis(tmp_path):
     """train.py → evaluate.py (bits/dim and nats, a sample grid) → the SavedModel's
     log_prob equal to evaluate.py's figure → compress.py / decompress.py bit for bit."""
