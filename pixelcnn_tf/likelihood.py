@@ -109,9 +109,10 @@ class Distribution:
              noise: tf.Tensor, temperature, greedy) -> tf.Tensor:
         """One step's draw: ``pixel`` int32 ``[N, C]`` with the sub-pixels this step
         covers drawn from ``step_params`` (colour group ``c``'s), those where ``kept``
-        (bool ``[C]``, or ``[N, C]`` per row) keep their values. ``noise``: ``[N, noise_width]`` uniforms in
-        (0, 1); ``temperature`` divides the log-probabilities; ``greedy`` takes the most
-        likely value (a bool or a bool tensor)."""
+        (bool ``[C]``, or ``[N, C]`` per row) keep their values. ``noise``:
+        ``[N, noise_width]`` uniforms in (0, 1); ``temperature`` divides the
+        log-probabilities; ``greedy`` takes the most likely value (a bool or a bool
+        tensor)."""
         raise NotImplementedError
 
     def mean_bits_per_dim(self, params: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
