@@ -75,6 +75,19 @@ def test_sampling_step_cost_by_image_size():
     assert all(len(r) == 4 and r[-1].endswith("x") and float(r[1]) > 0 for r in rows), out
 
 
+def test_sampling_growth_by_image_size():
+    """The growth table: a time per size for each type, its growth, and the time over
+    the first type's (the parallel model needs sizes of its 4x4 base times 2^K)."""
+    out = run_benchmark("sampling.py", "--n-images", "1", "--types",
+                        "parallel_multiscale,gated_pixelcnn", "--growth-sizes", "8,16",
+                        "--channels", "1")
+    rows = [line.split() for line in out.splitlines()
+            if line.strip().startswith(("parallel_multiscale ", "gated_pixelcnn "))
+            and "s (" in line]
+    assert [r[0] for r in rows] == ["parallel_multiscale", "gated_pixelcnn"], out
+    assert all(r[-1].endswith("x") and float(r[2]) > 0 for r in rows), out
+
+
 def test_attention_flops_count_every_causal_pair():
     """The sampling benchmark's FLOP floor counts attention: 4·heads·dim per (query,
     key) pair, the query's own position included, per colour group."""
