@@ -308,7 +308,7 @@ def base_config(model: ModelConfig) -> ModelConfig:
     """The base model of a ``parallel_multiscale`` model (``model.base``: a mapping, or
     None for a gated PixelCNN) as a checked ``ModelConfig``: any raster-order type, one
     scale, with the model section's output, num_mixtures and num_classes."""
-    raw = dict(model.base or {"type": "gated_pixelcnn"})
+    raw = dict(model.base or {})
     for key in BASE_INHERITS:
         if key in raw and raw[key] != getattr(model, key):
             raise ConfigError(f"model.base.{key}={_show(raw[key])}: the base model takes "
