@@ -292,8 +292,8 @@ def walk_groups(model: ParallelMultiscalePixelCNN, images: tf.Tensor,
     (C for the categorical, 1 for the mixture): the parameters of colour group c of
     every pixel of the group, ``[N, r, s, ...]`` (the body of g's network once per group,
     its head once per colour group; with ``full_pass`` the network's plain call each
-    time, the naive sampler's reference), then ``fill(params, pixels, first, c)`` returns the
-    group's pixels ``[N, r, s, C]`` with colour group c written (the sampler draws them,
+    time, the naive sampler's reference), then ``fill(params, pixels, first, c)``
+    returns the group's pixels ``[N, r, s, C]`` with colour group c written (the sampler draws them,
     the codec codes them); ``first`` ``[r·s]``: their first sub-pixels' raster indices.
     """
     k, n_levels = model.doublings, model.distribution.n_levels
@@ -313,7 +313,7 @@ def walk_groups(model: ParallelMultiscalePixelCNN, images: tf.Tensor,
                 pixels = fill(params, blocks[..., g, :], first, c)
                 blocks = tf.concat([blocks[..., :g, :], pixels[..., None, :],
                                     blocks[..., g + 1:, :]], axis=-2)
-                images = place_on_grid(from_blocks(blocks), images, step)
+            images = place_on_grid(from_blocks(blocks), images, step)  # the group, done
     return images
 
 
