@@ -202,7 +202,7 @@ def test_config_error_is_one_line_and_exit_2(tmp_path):
         "error: unknown config key 'model.typ'; allowed keys in 'model': type, hidden_dim, "
         "out_dim, n_layers, kernel_size, input_kernel_size, num_classes, output, "
         "num_mixtures, dilations, multiscale, dropout, weight_norm, convs_per_block, "
-        "num_heads, attention_dim"]
+        "num_heads, attention_dim, base_size, base"]
 
 
 def test_cifar10_offline_fails_fast_with_a_clear_message(tmp_path):
