@@ -161,6 +161,14 @@ class TrainConfig:
                             metadata=_choices(("none", "mirrored", "multi_worker")))
     mixed_precision: str = field(default="none",
                                  metadata=_choices(("none", "bfloat16", "float16")))
+    # The whole training step compiled with XLA: auto = on GPUs, off on CPUs (what
+    # measured faster on each; docs/training.md).
+    jit_compile: str = field(default="auto", metadata=_choices(("auto", "true", "false")))
+    recompute: bool = False  # blocks' activations recomputed in the backward pass
+    # Held-out bits/dim of the weights and of their moving average on the first
+    # progress_images validation images, every progress_every steps (0: never).
+    progress_every: int = field(default=1000, metadata={"min": 0})
+    progress_images: int = field(default=500, metadata={"min": 1})
 
 
 @dataclass
@@ -207,6 +215,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return int(value)  # 1e5 in YAML is a float
     if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if annotation is str and isinstance(value, bool):
+        return "true" if value else "false"  # YAML reads true / false as booleans
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise ConfigError(f"{key}={_show(value)} has the wrong type: expected "
                           f"{annotation.__name__}, got {type(value).__name__}")

@@ -91,6 +91,16 @@ def compute_dtype(mixed_precision: str):
     return {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[mixed_precision]
 
 
+def use_jit_compile(setting: str) -> bool:
+    """``train.jit_compile`` (auto, true, false) → whether the training step is compiled
+    with XLA. ``auto``: on GPUs, where fusing the many small element-wise ops pays; not on
+    CPUs, where it measured no faster (benchmarks/train_throughput.py, docs/training.md)."""
+    if setting == "auto":
+        import tensorflow as tf
+        return bool(tf.config.list_physical_devices("GPU"))
+    return setting == "true"
+
+
 def make_strategy(name: str):
     """``none``: the default (one device). ``mirrored``: MirroredStrategy over every local
     GPU, or over the logical CPUs when there is no GPU (PIXELCNN_TF_CPU_DEVICES=N makes N).

@@ -98,12 +98,14 @@ class ModelRun:
     def _make_eval_step(self):
         return tf.function(self._eval_step, input_signature=self._batch_signature())
 
-    def _params(self, images: tf.Tensor, labels: tf.Tensor, training: bool = False
-                ) -> tf.Tensor:
+    def _params(self, images: tf.Tensor, labels: tf.Tensor, training: bool = False,
+                recompute: bool = False) -> tf.Tensor:
         """The output distribution's parameters for uint8 ``images`` (``training``: with
-        dropout, for models that have it)."""
+        dropout, for models that have it; ``recompute``: blocks recomputed in the
+        backward pass, ``train.recompute``)."""
         inputs = unit_images(images, self.model.distribution.n_levels)  # uint8 → [0, 1]
-        return self.model(inputs, labels if self.conditional else None, training=training)
+        return self.model(inputs, labels if self.conditional else None, training=training,
+                          recompute=recompute)
 
     def _eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         """NLL in nats of each image ``[B]``."""

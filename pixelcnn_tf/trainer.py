@@ -22,7 +22,7 @@ from pixelcnn_tf import data as data_lib
 from pixelcnn_tf import viz
 from pixelcnn_tf import workdir as workdir_lib
 from pixelcnn_tf.config import Config, ConfigError, check_model_fits_images, save_config
-from pixelcnn_tf.devices import compute_dtype, is_chief_worker, make_strategy
+from pixelcnn_tf.devices import compute_dtype, is_chief_worker, make_strategy, use_jit_compile
 from pixelcnn_tf.errors import TrainingError
 from pixelcnn_tf.models import build_model, count_parameters
 from pixelcnn_tf.run import ModelRun, WeightAverage
@@ -152,9 +152,15 @@ class Trainer(ModelRun):
         # (the manager reads it when it starts and fails on a garbled one).
         self._manager: Optional[tf.train.CheckpointManager] = None
         self.restored: Optional[workdir_lib.Restored] = None
-        self.train_step = tf.function(self._train_step,
+        # train.jit_compile: the whole step compiled with XLA (distributed: each replica's
+        # loss and gradients; the all-reduce and the update stay in the plain graph).
+        self.jit_compile = use_jit_compile(config.train.jit_compile)
+        self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile,
                                       input_signature=self._batch_signature())
         self.distributed_train_step = tf.function(self._distributed_train_step)
+        self._replica_loss_and_grads = (
+            tf.function(self._loss_and_grads, jit_compile=True) if self.jit_compile
+            else self._loss_and_grads)
         self.eval_step = self._make_eval_step()
 
     # -- state ---------------------------------------------------------------------------
@@ -229,7 +235,8 @@ class Trainer(ModelRun):
         variables = self.model.trainable_variables
         distribution = self.model.distribution
         with tf.GradientTape() as tape:
-            params = self._params(images, labels, training=True)
+            params = self._params(images, labels, training=True,
+                                  recompute=self.config.train.recompute)
             if global_batch is None:
                 loss = distribution.mean_bits_per_dim(params, images)
             else:
@@ -257,7 +264,7 @@ class Trainer(ModelRun):
         global_batch = self.config.data.batch_size
 
         def replica_step(images, labels):
-            loss, grads = self._loss_and_grads(images, labels, global_batch)
+            loss, grads = self._replica_loss_and_grads(images, labels, global_batch)
             context = tf.distribute.get_replica_context()
             return (context.all_reduce(tf.distribute.ReduceOp.SUM, loss),
                     context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
@@ -303,9 +310,10 @@ class Trainer(ModelRun):
         self._write_run_files()
         self.initialize_from_data(train_split)
         train_ds, train_step = self._train_input(train_split)
-        val_ds = None
+        val_ds = progress_ds = None
         if val_split is not None and self.is_chief:  # validation and samples: chief only
             val_ds = data_lib.eval_pipeline(val_split, self.config.data.eval_batch_size)
+            progress_ds = self._progress_input(val_split)
         writers = self._writers()
         result: dict = {"start_step": self.step}
         step = self.step
@@ -346,6 +354,9 @@ class Trainer(ModelRun):
                     self.save()
                 if val_ds is not None and (step % cfg.eval_every == 0 or last):
                     result["validation"] = self._validate(val_ds, writers[1], step, bar)
+                if (progress_ds is not None and cfg.progress_every
+                        and step % cfg.progress_every == 0):
+                    result["progress"] = self._progress(progress_ds, writers[1], step)
                 if self.is_chief and (step % cfg.sample_every == 0 or last):
                     with self.inference_weights():
                         self._write_samples(writers[0], step)
@@ -415,6 +426,26 @@ class Trainer(ModelRun):
         bar.write(f"step {step}: validation bits/dim {ev.bits_per_dim:.4f}, "
                   f"{ev.nats_per_image:.2f} nats/image ({ev.num_images} images)")
         return ev.as_dict()
+
+    def _progress_input(self, val_split: data_lib.Split) -> tf.data.Dataset:
+        """The fixed validation subset of the progress figures: its first
+        ``train.progress_images`` images, kept in memory after the first pass."""
+        batch = self.config.data.eval_batch_size
+        return (val_split.dataset.take(self.config.train.progress_images).batch(batch)
+                .cache())
+
+    def _progress(self, progress_ds, writer, step: int) -> dict:
+        """Held-out bits/dim on the progress subset, of the weights as trained and (with
+        ``train.ema_decay``) of their moving average: the raw weights show progress from
+        the first steps, while the 0.9995 average lags by thousands of steps."""
+        figures = {"weights_bits_per_dim": self.evaluate(progress_ds).bits_per_dim}
+        if self.average is not None:
+            with self.average.swapped_in():
+                figures["average_bits_per_dim"] = self.evaluate(progress_ds).bits_per_dim
+        with writer.as_default(step=step):
+            for name, value in figures.items():
+                tf.summary.scalar(f"progress/{name}", value)
+        return figures
 
     def _write_samples(self, writer, step: int) -> None:
         images = data_lib.to_intensities(self.sample(), self.config.data.bits)

@@ -14,6 +14,9 @@ same checks. A new type is listed here by registering it; it passes when it is c
                 model that peeks at a later sub-pixel, or a distribution that does not
                 normalise, fails it
   bfloat16      layers computing in bfloat16 give float32 parameters close to float32's
+  training      recomputed blocks (train.recompute) give the same loss and gradients,
+                dropout included; XLA-compiled ones (train.jit_compile) equal within
+                float tolerance (one case per type and output)
   codec         encode → decode gives back every image (types with a cached step, one scale)
 
 Type-specific checks (numpy references, receptive fields, PixelCNN++'s weight norm) live in
@@ -217,6 +220,67 @@ def test_bfloat16_layers_match_float32(case, rng):
         assert out.dtype == tf.float32
         np.testing.assert_allclose(out.numpy(), want.numpy(), atol=0.1)
     assert all(v.dtype == tf.float32 for v in low.trainable_variables)
+
+
+# -- training: recomputation and the compiled step -----------------------------------------
+def loss_and_gradients(model, images, labels, training=True, recompute=False):
+    """Mean bits/dim of uint8 ``images`` and its gradients for every trainable variable."""
+    with tf.GradientTape() as tape:
+        params = model(unit_images(images, model.distribution.n_levels), labels,
+                       training=training, recompute=recompute)
+        loss = model.distribution.mean_bits_per_dim(params, images)
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+
+def training_model(case, **options):
+    """The case's class-conditional model, with dropout where the type has it (its masks
+    must be drawn alike by a recomputed block), built the same way on every call."""
+    config = case.config(num_classes=2)
+    if "dropout" in type_options(case.type):
+        config = dataclasses.replace(config, dropout=0.5)
+    tf.random.set_seed(0)
+    return randomize_biases(build_model(config, case.shape, **options))
+
+
+def assert_same_loss_and_gradients(got, want):
+    np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5)
+    for g, w in zip(got[1], want[1]):
+        assert g is not None
+        g, w = tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy()
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(w).max()))
+
+
+# One case per type and variant (the output head is not part of a block), RGB where the
+# type takes it (the last case of each: RGB, mixture).
+RECOMPUTED = list({(c.type, c.variant): c for c in CASES}.values())
+
+
+@pytest.mark.parametrize("case", RECOMPUTED, ids=str)
+def test_recompute_gives_the_same_loss_and_gradients(case, rng):
+    """``train.recompute``: every block rerun in the backward pass, dropout masks too."""
+    images = tf.constant(rng.integers(0, 256, (3, *case.shape)), tf.uint8)
+    labels = tf.constant([0, 1, 1])
+    step = tf.function(loss_and_gradients, autograph=False)  # as the Trainer runs it
+    want = loss_and_gradients(training_model(case), images, labels)
+    got = step(training_model(case), images, labels, recompute=True)
+    assert_same_loss_and_gradients(got, want)
+
+
+# One case per type and output: the compiled step's XLA compilation is the slow part.
+COMPILED = list({(c.type, c.output): c for c in reversed(CASES) if not c.variant}.values())
+
+
+@pytest.mark.parametrize("case", COMPILED, ids=str)
+def test_compiled_loss_and_gradients_equal_the_plain_ones(case, rng):
+    """``train.jit_compile``: XLA's loss and gradients within float tolerance of the plain
+    graph's (without dropout, whose stateless masks XLA draws differently)."""
+    model = training_model(case)
+    images = tf.constant(rng.integers(0, 256, (3, *case.shape)), tf.uint8)
+    labels = tf.constant([0, 1, 1])
+    plain = tf.function(loss_and_gradients, autograph=False)
+    compiled = tf.function(loss_and_gradients, autograph=False, jit_compile=True)
+    assert_same_loss_and_gradients(compiled(model, images, labels, training=False),
+                                   plain(model, images, labels, training=False))
 
 
 # -- enumeration -----------------------------------------------------------------------------

@@ -238,6 +238,13 @@ def test_mirrored_two_replicas_match_one_device(tmp_path):
     one, two = losses("one"), losses("two")
     assert len(one) == 5
     np.testing.assert_allclose(two, one, rtol=1e-4)
+    # Each replica's loss and gradients compiled with XLA and recomputed: the same losses.
+    compiled = run("train.py", "--config", config, "--workdir", str(tmp_path / "xla"),
+                   *common, "--set", "train.distribute=mirrored", "--set",
+                   "train.jit_compile=true", "--set", "train.recompute=true",
+                   env={"PIXELCNN_TF_CPU_DEVICES": "2"})
+    assert compiled.returncode == 0, compiled.stderr
+    np.testing.assert_allclose(losses("xla"), one, rtol=1e-4)
     assert os.path.exists(os.path.join(str(tmp_path / "two"), "saved_model", "saved_model.pb"))
 
 

@@ -308,3 +308,85 @@ def test_float16_overflow_retries_are_bounded():
         bad.skipped(1, 2.0, float("inf"), 1.0)
     bad.reset()
     assert "skipped (1/3)" in bad.skipped(5, float("nan"), 1.0, None)  # float32 run
+
+
+def test_compiled_step_equals_the_plain_one_and_resumes_across_the_setting(tmp_path, batch):
+    """train.jit_compile=true: the whole step (loss, gradients, Adam, the moving average)
+    compiled by XLA gives the plain step's losses and weights; a run saved with one
+    setting resumes with the other."""
+    from pixelcnn_tf.workdir import check_resume_training
+    trainers = {}
+    for setting in ("false", "true"):
+        cfg = tiny_config(3)
+        cfg.train.jit_compile, cfg.train.ema_decay = setting, 0.9
+        trainers[setting] = Trainer(cfg, str(tmp_path / setting), (4, 4, 3))
+        os.makedirs(tmp_path / setting, exist_ok=True)
+        save_config(cfg, str(tmp_path / setting / "config.yml"))
+    assert trainers["true"].jit_compile and not trainers["false"].jit_compile
+    losses = {k: [float(t.train_step(*batch)[0]) for _ in range(3)]
+              for k, t in trainers.items()}
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-5)
+    for got, want in zip(trainers["true"].checkpoint.model.trainable_variables,
+                         trainers["false"].model.trainable_variables):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+    trainers["false"].save()
+    resumed_cfg = tiny_config(3)
+    resumed_cfg.train.jit_compile, resumed_cfg.train.ema_decay = "true", 0.9
+    check_resume_training(str(tmp_path / "false"), resumed_cfg)  # not a model setting
+    resumed = Trainer(resumed_cfg, str(tmp_path / "false"), (4, 4, 3))
+    assert resumed.restore() and resumed.step == 3
+    assert bool(resumed.train_step(*batch)[2]) and resumed.step == 4
+
+
+def test_auto_compiles_on_gpus_only():
+    from pixelcnn_tf.devices import use_jit_compile
+    assert use_jit_compile("auto") == bool(tf.config.list_physical_devices("GPU"))
+    assert use_jit_compile("true") and not use_jit_compile("false")
+    cfg = load_config(None, ["train.jit_compile=true", "train.recompute=true"])
+    assert cfg.train.jit_compile == "true" and cfg.train.recompute is True
+    with pytest.raises(ConfigError, match="train.jit_compile='xla' is not allowed; "
+                                          "allowed values: auto, true, false"):
+        load_config(None, ["train.jit_compile=xla"])
+
+
+def test_recompute_trains_like_the_plain_step(tmp_path, rng):
+    """train.recompute=true with dropout: the same losses and weights step for step (each
+    recomputed block draws its dropout mask again from the same seed)."""
+    images = tf.constant(rng.integers(0, 256, size=(2, 8, 8, 3)).astype(np.uint8))
+    labels = tf.zeros([2], tf.int32)
+    trainers = []
+    for recompute in (False, True):
+        cfg = tiny_config(3, **PP_WITH_DROPOUT)
+        cfg.train.recompute = recompute
+        trainers.append(Trainer(cfg, str(tmp_path / str(recompute)), (8, 8, 3)))
+    losses = [[float(t.train_step(images, labels)[0]) for _ in range(3)] for t in trainers]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    for got, want in zip(trainers[1].model.trainable_variables,
+                         trainers[0].model.trainable_variables):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_progress_figures_of_weights_and_average_reach_tensorboard(tmp_path, rng):
+    """train.progress_every: held-out bits/dim of the raw weights and of the moving
+    average on the first train.progress_images validation images, read back by
+    TensorBoard's own reader."""
+    from tensorboard.backend.event_processing import event_accumulator
+    train, val = npz_splits(tmp_path, rng)
+    cfg = tiny_config(1)
+    for key, value in dict(steps=4, progress_every=2, progress_images=3, ema_decay=0.9,
+                           eval_every=1000, sample_every=1000, log_every=1000).items():
+        setattr(cfg.train, key, value)
+    cfg.data.batch_size, cfg.data.eval_batch_size = 2, 2
+    trainer = Trainer(cfg, str(tmp_path / "run"), (4, 4, 1))
+    result = trainer.fit(train, val)
+    progress = result["progress"]
+    assert set(progress) == {"weights_bits_per_dim", "average_bits_per_dim"}
+    assert progress["weights_bits_per_dim"] != progress["average_bits_per_dim"]
+    subset = data_lib.eval_pipeline(val, 2).unbatch().take(3).batch(3)
+    assert progress["weights_bits_per_dim"] == pytest.approx(
+        trainer.evaluate(subset).bits_per_dim, rel=1e-5)
+    events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "validation"),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+    for tag in ("progress/weights_bits_per_dim", "progress/average_bits_per_dim"):
+        assert [e.step for e in events.Tensors(tag)] == [2, 4]

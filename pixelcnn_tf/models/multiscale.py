@@ -91,13 +91,15 @@ class ContextPixelRNN(PixelRNN):
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
-                 training: bool = False, context: Optional[tf.Tensor] = None) -> tf.Tensor:
+                 training: bool = False, context: Optional[tf.Tensor] = None,
+                 recompute: bool = False) -> tf.Tensor:
         """images ``[B, H, W, C]`` in [0, 1], labels ``[B]`` (class-conditional models),
         context ``[B, H/f, W/f, C]`` in [0, 1] → the output distribution's parameters."""
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
         return self.forward(images, self.slot_conditions(self.step_conditions(labels,
-                                                                               context)))
+                                                                               context)),
+                            recompute)
 
     def step_conditions(self, labels: Optional[tf.Tensor], context=None):
         """What the conditions are made of, once per batch: (the class vectors of every
@@ -192,12 +194,13 @@ class MultiScalePixelRNN(tf.Module):
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
-                 training: bool = False):
+                 training: bool = False, recompute: bool = False):
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
         small = self.small_image(images)
-        return (self.small(small, labels, training=training),
-                self.large(images, labels, training=training, context=small))
+        return (self.small(small, labels, training=training, recompute=recompute),
+                self.large(images, labels, training=training, context=small,
+                           recompute=recompute))
 
     def small_image(self, images: tf.Tensor) -> tf.Tensor:
         """``[B, H, W, C]`` → the pixels the small network models, ``[B, H/f, W/f, C]``."""

@@ -56,7 +56,7 @@ import tensorflow as tf
 from pixelcnn_tf.likelihood import Distribution, make_distribution
 from pixelcnn_tf.models.base import check_image_shape, check_inputs, unit_images
 from pixelcnn_tf.models.multiscale import place_on_grid
-from pixelcnn_tf.nn.layers import Conv2D, MaskedConv2D
+from pixelcnn_tf.nn.layers import Conv2D, MaskedConv2D, run_block
 
 type_name = "parallel_multiscale"
 GROUPS = 3  # drawn groups per doubling: (0, 1), (1, 0), (1, 1) of each 2x2 block
@@ -135,7 +135,8 @@ class GroupNetwork(tf.Module):
             self.output = MaskedConv2D(distribution.num_params, 1, "B", groups,
                                        init_scale=1.0, name="output")
 
-    def features(self, known: tf.Tensor, labels: Optional[tf.Tensor]) -> tf.Tensor:
+    def features(self, known: tf.Tensor, labels: Optional[tf.Tensor],
+                 recompute: bool = False) -> tf.Tensor:
         shape = tf.shape(known)
         known = tf.reshape(known, [shape[0], shape[1], shape[2],
                                    known.shape[-2] * known.shape[-1]])
@@ -144,7 +145,8 @@ class GroupNetwork(tf.Module):
         if self.class_vectors is not None:
             x += tf.cast(tf.gather(self.class_vectors, labels), x.dtype)[:, None, None, :]
         for first, second in self.blocks:
-            x += second(tf.nn.relu(first(tf.nn.relu(x))))
+            x = run_block(lambda x: x + second(tf.nn.relu(first(tf.nn.relu(x)))), x,
+                          recompute=recompute)
         return x
 
     def head(self, features: tf.Tensor, pixel: tf.Tensor) -> tf.Tensor:
@@ -154,11 +156,13 @@ class GroupNetwork(tf.Module):
         params = self.output(tf.nn.relu(y))
         return self.distribution.to_output(tf.cast(params, tf.float32))
 
-    def __call__(self, blocks: tf.Tensor, labels: Optional[tf.Tensor]) -> tf.Tensor:
+    def __call__(self, blocks: tf.Tensor, labels: Optional[tf.Tensor],
+                 recompute: bool = False) -> tf.Tensor:
         """``blocks`` ``[B, r, s, 4, C]`` in [0, 1] (``pixel_blocks`` of x_(l+1)) → the
-        parameters of group g's pixels."""
+        parameters of group g's pixels (``recompute``: see ``nn.layers.run_block``)."""
         g = self.group
-        return self.head(self.features(blocks[..., :g, :], labels), blocks[..., g, :])
+        return self.head(self.features(blocks[..., :g, :], labels, recompute),
+                         blocks[..., g, :])
 
 
 class ParallelMultiscaleDistribution(Distribution):
@@ -231,14 +235,15 @@ class ParallelMultiscalePixelCNN(tf.Module):
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
-                 training: bool = False):
+                 training: bool = False, recompute: bool = False):
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
-        base_params = self.base(self.level_image(images, 0), labels, training=training)
+        base_params = self.base(self.level_image(images, 0), labels, training=training,
+                                recompute=recompute)
         group_params = []
         for level, networks in enumerate(self.networks):
             blocks = pixel_blocks(self.level_image(images, level + 1))
-            group_params += [network(blocks, labels) for network in networks]
+            group_params += [network(blocks, labels, recompute) for network in networks]
         return base_params, tuple(group_params)
 
     def draw_order(self) -> np.ndarray:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from pixelcnn_tf.likelihood import make_distribution
 from pixelcnn_tf.models.base import (PixelLayer, Position, check_dilations, check_image_shape,
                                      check_inputs)
-from pixelcnn_tf.nn.layers import ConvStep, MaskedConv2D, colour_group, per_image
+from pixelcnn_tf.nn.layers import ConvStep, MaskedConv2D, colour_group, per_image, run_block
 
 
 def settings_of(layer_cls: Type[PixelLayer], model_config) -> dict:
@@ -102,21 +102,23 @@ class PixelRNN(tf.Module):
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
-                 training: bool = False) -> tf.Tensor:
+                 training: bool = False, recompute: bool = False) -> tf.Tensor:
         """images ``[B, H, W, C]`` float in [0, 1], labels ``[B]`` int (class-conditional
         models) → the output distribution's parameters (float32). ``training`` changes
-        nothing here (no dropout)."""
+        nothing here (no dropout); ``recompute``: each pixel layer's activations are
+        recomputed in the backward pass instead of kept (``nn.layers.run_block``)."""
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
-        return self.forward(images, self.slot_conditions(self.condition_inputs(labels)))
+        return self.forward(images, self.slot_conditions(self.condition_inputs(labels)),
+                            recompute)
 
-    def forward(self, images: tf.Tensor, slots) -> tf.Tensor:
+    def forward(self, images: tf.Tensor, slots, recompute: bool = False) -> tf.Tensor:
         """The full pass, given the conditions ``slots`` (``slot_conditions``)."""
         x = tf.cast(self.preprocess(images), self.compute_dtype)
         input_bias, conditions = slots
         state = self.input_state(x, input_bias)
         for layer, condition in zip(self.pixel_layers, conditions):
-            state = layer(state, condition)
+            state = run_block(layer, state, condition, recompute=recompute)
         features = self.layer_cls.features(state)  # [B, H, W, 2h]
         y = self.output_hidden(tf.nn.relu(features))  # [B, H, W, out_dim]
         y = tf.cast(self.output_logits(tf.nn.relu(y)), tf.float32)  # [B, H, W, P]

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from pixelcnn_tf.likelihood import make_distribution
 from pixelcnn_tf.models.base import Position, check_image_shape, check_inputs
-from pixelcnn_tf.nn.layers import shift_down
+from pixelcnn_tf.nn.layers import run_block, shift_down
 from pixelcnn_tf.nn.shifted import (Dense, ShiftedConv2D, ShiftedDeconv2D, TwoRowStep, _Linear,
                                     call, concat_elu, right_shift)
 
@@ -86,19 +86,28 @@ class GatedResnet(tf.Module):
         a, b = tf.split(c2, 2, axis=-1)
         return x + a * tf.sigmoid(b)
 
-    def hidden(self, c1, aux, training: bool, apply=call):
-        """conv1's output (+ the aux projection) → conv2's input. ``apply(layer, x)``
-        applies a linear layer (``call``, or its data-dependent initialisation)."""
+    def dropout_seed(self, training: bool) -> Optional[tf.Tensor]:
+        """The seed ``[2]`` of one call's dropout mask, drawn from the model's generator
+        (None: no dropout). Drawn outside the block so that a recomputed block
+        (``train.recompute``) draws the same mask again."""
+        if training and self.dropout > 0:
+            return self._dropout_rng.make_seeds(1)[:, 0]
+        return None
+
+    def hidden(self, c1, aux, seed: Optional[tf.Tensor] = None, apply=call):
+        """conv1's output (+ the aux projection) → conv2's input, with dropout when a
+        ``seed`` is given. ``apply(layer, x)`` applies a linear layer (``call``, or its
+        data-dependent initialisation)."""
         if self.aux_proj is not None:
             c1 += apply(self.aux_proj, concat_elu(aux))
         c1 = concat_elu(c1)
-        if training and self.dropout > 0:
-            seed = self._dropout_rng.make_seeds(1)[:, 0]
+        if seed is not None:
             c1 = tf.nn.experimental.stateless_dropout(c1, rate=self.dropout, seed=seed)
         return c1
 
-    def __call__(self, x, aux=None, labels=None, training: bool = False, apply=call):
-        c1 = self.hidden(apply(self.conv1, concat_elu(x)), aux, training, apply)
+    def __call__(self, x, aux=None, labels=None, seed: Optional[tf.Tensor] = None,
+                 apply=call):
+        c1 = self.hidden(apply(self.conv1, concat_elu(x)), aux, seed, apply)
         return self.gate(x, apply(self.conv2, c1), labels)
 
 
@@ -217,15 +226,23 @@ class PixelCNNPlusPlus(tf.Module):
 
     @tf.Module.with_name_scope
     def __call__(self, images: tf.Tensor, labels: Optional[tf.Tensor] = None,
-                 training: bool = False) -> tf.Tensor:
+                 training: bool = False, recompute: bool = False) -> tf.Tensor:
+        """``recompute``: each gated ResNet block's activations are recomputed in the
+        backward pass instead of kept (``nn.layers.run_block``)."""
         images = tf.convert_to_tensor(images)
         check_inputs(self, images, labels)
-        return self.forward(images, labels, training, call)
+        return self.forward(images, labels, training, call, recompute)
 
     def forward(self, images: tf.Tensor, labels: Optional[tf.Tensor], training: bool,
-                apply) -> tf.Tensor:
+                apply, recompute: bool = False) -> tf.Tensor:
         """The full pass; ``apply(layer, x)`` applies each linear layer (``call``)."""
         labels = None if labels is None else tf.cast(labels, tf.int32)
+
+        def run(block, x, aux):
+            return run_block(lambda x, aux, labels, seed: block(x, aux, labels, seed, apply),
+                             x, aux, labels, block.dropout_seed(training),
+                             recompute=recompute)
+
         x = tf.cast(self.preprocess(images), self.compute_dtype)
         u, ul = self.input_streams(x, apply)
         skips_u: List[tf.Tensor] = [u]
@@ -237,8 +254,8 @@ class PixelCNNPlusPlus(tf.Module):
                 skips_u.append(u)
                 skips_ul.append(ul)
             for block_u, block_ul in zip(self.down_u[s], self.down_ul[s]):
-                u = block_u(u, None, labels, training, apply)
-                ul = block_ul(ul, u, labels, training, apply)
+                u = run(block_u, u, None)
+                ul = run(block_ul, ul, u)
                 skips_u.append(u)
                 skips_ul.append(ul)
         u, ul = skips_u.pop(), skips_ul.pop()
@@ -247,9 +264,8 @@ class PixelCNNPlusPlus(tf.Module):
                 u = apply(self.upsample_u[s], u)
                 ul = apply(self.upsample_ul[s], ul)
             for block_u, block_ul in zip(self.up_u[s], self.up_ul[s]):
-                u = block_u(u, skips_u.pop(), labels, training, apply)
-                ul = block_ul(ul, tf.concat([u, skips_ul.pop()], axis=-1), labels, training,
-                              apply)
+                u = run(block_u, u, skips_u.pop())
+                ul = run(block_ul, ul, tf.concat([u, skips_ul.pop()], axis=-1))
         params = apply(self.output_layer, tf.nn.elu(ul))  # [B, H, W, P]
         return self.distribution.to_output(tf.cast(params, tf.float32))
 
@@ -277,14 +293,14 @@ class _BlockStep:
     def row(self, cache, x_row, aux_row, labels, r):
         c1_cache, c2_cache = cache
         c1_cache = self.conv1.write_row(c1_cache, concat_elu(x_row), r)
-        hidden = self.block.hidden(self.conv1.row(c1_cache, r), aux_row, training=False)
+        hidden = self.block.hidden(self.conv1.row(c1_cache, r), aux_row)
         c2_cache = self.conv2.write_row(c2_cache, hidden, r)
         return (c1_cache, c2_cache), self.block.gate(x_row, self.conv2.row(c2_cache, r), labels)
 
     def at(self, cache, x, aux, labels, i, j):
         c1_cache, c2_cache = cache
         c1_cache = self.conv1.write(c1_cache, concat_elu(x), i, j)
-        hidden = self.block.hidden(self.conv1.at(c1_cache, i, j), aux, training=False)
+        hidden = self.block.hidden(self.conv1.at(c1_cache, i, j), aux)
         c2_cache = self.conv2.write(c2_cache, hidden, i, j)
         return (c1_cache, c2_cache), self.block.gate(x, self.conv2.at(c2_cache, i, j), labels)
 

@@ -29,6 +29,28 @@ def per_image(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return tf.reshape(values, [-1] + [1] * extra + [values.shape[-1]])
 
 
+def run_block(block, *args, recompute: bool = False):
+    """``block(*args)``; with ``recompute`` (``train.recompute``) the block keeps none of
+    its activations for the backward pass, which runs it again from its inputs
+    (gradient checkpointing, ``tf.recompute_grad``): memory for time, the same values
+    and gradients. ``args`` are float tensors, nests of them, None, or integer tensors
+    (labels, seeds: no gradient, reused as they are); a block that draws random numbers
+    must take its seed as an argument, so that the second run draws the same ones."""
+    if not recompute:
+        return block(*args)
+    flat = tf.nest.flatten(args)
+    differentiable = [i for i, a in enumerate(flat)
+                      if a is not None and tf.as_dtype(a.dtype).is_floating]
+
+    def rerun(*tensors):
+        full = list(flat)
+        for i, tensor in zip(differentiable, tensors):
+            full[i] = tensor
+        return block(*tf.nest.pack_sequence_as(args, full))
+
+    return tf.recompute_grad(rerun)(*[flat[i] for i in differentiable])
+
+
 def check_dilation(dilation) -> int:
     """A dilation rate as an int >= 1, or a ValueError."""
     if isinstance(dilation, bool) or int(dilation) != dilation or dilation < 1:
