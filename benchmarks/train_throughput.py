@@ -9,7 +9,9 @@ Measured in one run, on the same random batch:
              way tutorials do it: Keras layers whose call() multiplies kernel * mask,
              float32, Keras Adam and a plain @tf.function train step;
   ours fp32  pixelcnn_tf's Trainer.train_step in float32;
-  ours bf16  the same with train.mixed_precision=bfloat16 (float16 too with --float16).
+  ours bf16  the same with train.mixed_precision=bfloat16 (float16 too with --float16);
+  compiled   with --jit-compile, each of those again with train.jit_compile=true (the
+             whole step compiled by XLA); the plain ones with train.jit_compile=false.
 Prints the median images/s of each over interleaved rounds and the ratios to the baseline:
 the reference where there is one, else ours in float32.
 """
@@ -133,6 +135,10 @@ def main() -> None:
                         help="rounds; each times every implementation in turn")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--float16", action="store_true", help="also time float16")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="also time every precision with the XLA-compiled step")
+    parser.add_argument("--precisions", default="none,bfloat16",
+                        help="train.mixed_precision values to time (float16: --float16)")
     parser.add_argument("--config", default=os.path.join(ROOT, "config.yml"),
                         help="the model to time (default: config.yml's CIFAR-10 PixelCNN)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -151,19 +157,23 @@ def main() -> None:
     steps = {}
     if cfg.model.type == "pixelcnn":
         steps[REFERENCE] = reference_step(cfg)
-    precisions = ["none", "bfloat16"] + (["float16"] if args.float16 else [])
+    precisions = args.precisions.split(",") + (["float16"] if args.float16 else [])
+    compiled = ("false", "true") if args.jit_compile else ("false",)
     with tempfile.TemporaryDirectory() as workdir:
         for precision in precisions:
-            run_cfg = load_config(args.config, [*args.set,
-                                                f"train.mixed_precision={precision}"])
-            trainer = Trainer(run_cfg, os.path.join(workdir, precision), (32, 32, 3))
-            if precision == "none":
-                print(f"parameters: {count_parameters(trainer.model):,}")
-            name = f"ours ({'fp32' if precision == 'none' else precision})"
-            steps[name] = trainer.train_step
+            for jit in compiled:
+                run_cfg = load_config(args.config, [*args.set, f"train.jit_compile={jit}",
+                                                    f"train.mixed_precision={precision}"])
+                trainer = Trainer(run_cfg, os.path.join(workdir, precision + jit),
+                                  (32, 32, 3))
+                if not steps or (len(steps) == 1 and REFERENCE in steps):
+                    print(f"parameters: {count_parameters(trainer.model):,}")
+                name = (f"ours ({'fp32' if precision == 'none' else precision}"
+                        f"{', compiled' if jit == 'true' else ''})")
+                steps[name] = trainer.train_step
         results = time_interleaved(steps, (images, labels), args.batch_size, args.rounds,
                                    args.steps)
-    base_name = REFERENCE if REFERENCE in results else "ours (fp32)"
+    base_name = REFERENCE if REFERENCE in results else next(iter(results))
     base = results[base_name]
     label = "the reference" if base_name == REFERENCE else base_name
     for name, ips in results.items():

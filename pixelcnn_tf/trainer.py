@@ -155,11 +155,16 @@ class Trainer(ModelRun):
         # train.jit_compile: the whole step compiled with XLA (distributed: each replica's
         # loss and gradients; the all-reduce and the update stay in the plain graph).
         self.jit_compile = use_jit_compile(config.train.jit_compile)
+        # autograph=False: the step has no Python control flow on tensors (tf.cond is
+        # written out), and converting every layer's code would only slow the tracing.
         self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile,
-                                      input_signature=self._batch_signature())
-        self.distributed_train_step = tf.function(self._distributed_train_step)
+                                      input_signature=self._batch_signature(),
+                                      autograph=False)
+        self.distributed_train_step = tf.function(self._distributed_train_step,
+                                                  autograph=False)
         self._replica_loss_and_grads = (
-            tf.function(self._loss_and_grads, jit_compile=True) if self.jit_compile
+            tf.function(self._loss_and_grads, jit_compile=True, autograph=False)
+            if self.jit_compile
             else self._loss_and_grads)
         self.eval_step = self._make_eval_step()
 

@@ -40,16 +40,18 @@ def test_train_throughput_prints_rates_and_ratios():
 
 
 def test_train_throughput_of_any_config_is_relative_to_our_float32():
-    """Types other than pixelcnn have no tutorial reference: float32 is the baseline."""
+    """Types other than pixelcnn have no tutorial reference: float32 is the baseline;
+    --jit-compile times every precision's compiled step too."""
     out = run_benchmark("train_throughput.py", "--config", "configs/quickstart_pixelcnn_pp.yml",
                         "--set", "model.hidden_dim=4", "--rounds", "1", "--steps", "1",
-                        "--batch-size", "2")
+                        "--batch-size", "2", "--jit-compile")
     assert "reference" not in out
     assert "pixelcnn_pp (configs/quickstart_pixelcnn_pp.yml --set model.hidden_dim=4)" in out
-    assert re.search(r"parameters: [\d,]+", out)
-    rates = dict(re.findall(r"ours \((\w+)\)\s+[\d.]+ images/s\s+([\d.]+)x ours \(fp32\)", out))
-    assert set(rates) == {"fp32", "bfloat16"} and rates["fp32"] == "1.00", out
-    assert float(rates["bfloat16"]) > 0
+    assert len(re.findall(r"parameters: [\d,]+", out)) == 1
+    rates = dict(re.findall(r"ours \(([\w, ]+)\)\s+[\d.]+ images/s\s+([\d.]+)x ours \(fp32\)",
+                            out))
+    assert set(rates) == {"fp32", "bfloat16", "fp32, compiled", "bfloat16, compiled"}, out
+    assert rates["fp32"] == "1.00" and all(float(r) > 0 for r in rates.values())
 
 
 def test_input_pipeline_prints_rates_and_ratios():
@@ -203,3 +205,36 @@ def test_receptive_field_of_the_last_pixel(tmp_path):
     assert counts == {"pixelcnn": "80", "gated_pixelcnn": "89"}
     assert len(re.findall(r"dilated\s+1023 \(100.0%\)", out)) == 2
     assert (tmp_path / "field.png").stat().st_size > 1000
+
+
+def test_device_check_runs_tiny_within_its_budget():
+    """The prepared GPU check at tiny sizes (what it does on a CPU): the device, training
+    rates, the projection, and what the budget left out."""
+    out = run_benchmark("device_check.py", "--tiny", "--budget-s", "1")
+    assert out.startswith("device: ")
+    assert re.search(r"train configs/cifar10_pixelcnn_pp.yml batch 4 bfloat16 compiled: +"
+                     r"[\d.]+ images/s, peak GPU memory (n/a|[\d.]+ GiB)", out), out
+    assert re.search(r"projected: 500,000 steps of configs/cifar10_pixelcnn_pp.yml at batch 4: "
+                     r"[\d.]+ h", out), out
+    assert "skipped (budget spent): config.yml batch 2 bfloat16" in out
+    assert re.search(r"device check took \d+ s", out)
+
+
+def test_train_memory_prints_peaks_ratios_and_fits():
+    out = run_benchmark("train_memory.py", "--configs", "config.yml", "--set",
+                        "model.hidden_dim=3", "--set", "model.out_dim=6", "--set",
+                        "model.n_layers=2", "--batch-sizes", "2,4", "--fits", "16,80")
+    lines = re.findall(r"config.yml batch (\d) \((CPU|GPU)\): peak ([\d.]+) GiB plain, "
+                       r"([\d.]+) GiB recompute \(([\d.]+)x\)", out)
+    assert [line[0] for line in lines] == ["2", "4"], out
+    fits = re.findall(r"largest batch \(recompute=(\w+).*: 16 GiB: (\d+), 80 GiB: (\d+)", out)
+    assert [f[0] for f in fits] == ["false", "true"], out
+    assert all(int(big) >= int(small) for _, small, big in fits)
+
+
+def test_largest_batch_is_read_off_a_line():
+    largest = benchmark_module("train_memory").largest_batch
+    gib = 2.0**30
+    # 1 GiB fixed + 0.5 GiB per image: 16 GiB holds 30 images.
+    assert largest([(2, 2 * gib), (4, 3 * gib)], 16.0) == 30
+    assert largest([(2, 2 * gib), (4, 3 * gib)], 0.5) == 0
