@@ -265,12 +265,15 @@ def test_weight_norm_is_initialised_from_data_once_at_step_0(tmp_path, rng):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
-def test_mixed_precision_trains_close_to_float32(tmp_path, batch, precision):
+@pytest.mark.parametrize("precision,jit_compile", [("bfloat16", "false"), ("float16", "false"),
+                                                   ("float16", "true")])
+def test_mixed_precision_trains_close_to_float32(tmp_path, batch, precision, jit_compile):
+    """(float16 compiled: its loss scale and skipped-step check inside the XLA step.)"""
     results = {}
     for name in ("none", precision):
         cfg = tiny_config(3)
         cfg.train.mixed_precision = name
+        cfg.train.jit_compile = jit_compile
         cfg.train.learning_rate = 0.01
         trainer = Trainer(cfg, str(tmp_path / name), (4, 4, 3))
         assert all(v.dtype == tf.float32 for v in trainer.model.trainable_variables)
