@@ -71,7 +71,8 @@ def build_model(model_config, image_shape: Sequence[int], compute_dtype=None, se
                 bits: int = 8):
     """Builds a model from ``model_config`` (a ``ModelConfig``) and creates its variables.
 
-    Returns a ``tf.Module``: ``model(images, labels=None, training=False)`` with images
+    Returns a ``tf.Module``: ``model(images, labels=None, training=False, recompute=False)``
+    (``recompute``: gradient checkpointing of its blocks, ``nn.layers.run_block``) with images
     ``[B, H, W, C]`` in [0, 1] returns the float32 parameters of ``model.distribution``
     (categorical logits ``[B, H, W, C, 2^bits]`` or mixture parameters ``[B, H, W, P]``).
     With ``model.multiscale`` it is a ``MultiScalePixelRNN``, whose parameters are a pair
