@@ -31,12 +31,15 @@ LOADER = textwrap.dedent("""
     images = np.load(out + ".in.npz")["images"]
     labels = {"labels": tf.constant([1, 0, 1], tf.int32)} if conditional else {}
     lp = m.signatures["log_prob"](images=tf.constant(images), **labels)["bits_per_dim"]
+    none = {"labels": tf.zeros([0], tf.int32)} if conditional else {}
+    empty = m.signatures["log_prob"](images=tf.constant(images[:0]), **none)["bits_per_dim"]
     default = m.signatures["serving_default"](images=tf.constant(images), **labels)
     s = m.signatures["sample"](n=tf.constant(3), seed=tf.constant(5, tf.int64),
                                temperature=tf.constant(0.8), **labels)["images"]
     c = m.signatures["complete"](images=tf.constant(images), rows=tf.constant(2),
                                  seed=tf.constant(1, tf.int64), **labels)["images"]
-    np.savez(out, log_prob=lp.numpy(), default=default["bits_per_dim"].numpy(),
+    np.savez(out, log_prob=lp.numpy(), empty=empty.numpy(),
+             default=default["bits_per_dim"].numpy(),
              sample=s.numpy(), complete=c.numpy())
     json.dump({"image_shape": m.image_shape.numpy().tolist(),
                "num_classes": int(m.num_classes.numpy()),
@@ -101,6 +104,7 @@ def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, n
                 / (np.prod(shape) * math.log(2)))
     np.testing.assert_allclose(got["log_prob"], expected, atol=1e-5)
     np.testing.assert_array_equal(got["default"], got["log_prob"])
+    assert got["empty"].shape == (0,)  # an empty batch scores to an empty result
     ds = tf.data.Dataset.from_tensor_slices(
         (images, labels if labels is not None else np.zeros(3, np.int32))).batch(2)
     assert trainer.evaluate(ds).bits_per_dim == pytest.approx(got["log_prob"].mean(), abs=1e-5)
