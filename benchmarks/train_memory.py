@@ -82,7 +82,7 @@ def measure_in_child(config: str, batch: int, overrides) -> dict:
 def largest_batch(points, gigabytes: float) -> int:
     """From two (batch, peak bytes) points: the largest batch whose linear peak fits."""
     (b1, p1), (b2, p2) = points
-    per_image = (p2 - p1) / (b2 - b1)
+    per_image = max((p2 - p1) / (b2 - b1), 1.0)  # (tiny models: within the noise)
     fixed = p1 - per_image * b1
     return max(0, int((gigabytes * GIB - fixed) // per_image))
 
