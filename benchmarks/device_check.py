@@ -43,6 +43,7 @@ from pixelcnn_tf.trainer import Trainer  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import sampling  # noqa: E402  (benchmarks/sampling.py)
+import train_throughput  # noqa: E402  (benchmarks/train_throughput.py)
 
 CONFIGS = ("configs/cifar10_pixelcnn_pp.yml", "config.yml")
 TOTAL_STEPS = 500_000
@@ -71,13 +72,9 @@ def train_rate(config: str, overrides, batch: int, shape, steps: int) -> tuple:
         trainer = Trainer(cfg, workdir, shape)
         if gpu:
             tf.config.experimental.reset_memory_stats("GPU:0")
-        for _ in range(2):  # tracing and compilation
-            float(trainer.train_step(images, labels)[0])
-        start = time.perf_counter()
-        for _ in range(steps):
-            out = trainer.train_step(images, labels)
-        float(out[0])
-        rate = steps * batch / (time.perf_counter() - start)
+        rate = train_throughput.time_interleaved(  # 2 warm-up steps: tracing, compiling
+            {"step": trainer.train_step}, (images, labels), batch, rounds=1,
+            steps_per_round=steps, warmup=2)["step"]
         peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] if gpu else None
     del trainer
     gc.collect()

@@ -298,8 +298,9 @@ def walk_groups(model: ParallelMultiscalePixelCNN, images: tf.Tensor,
     every pixel of the group, ``[N, r, s, ...]`` (the body of g's network once per group,
     its head once per colour group; with ``full_pass`` the network's plain call each
     time, the naive sampler's reference), then ``fill(params, pixels, first, c)``
-    returns the group's pixels ``[N, r, s, C]`` with colour group c written (the sampler draws them,
-    the codec codes them); ``first`` ``[r·s]``: their first sub-pixels' raster indices.
+    returns the group's pixels ``[N, r, s, C]`` with colour group c written (the sampler
+    draws them, the codec codes them); ``first`` ``[r·s]``: their first sub-pixels'
+    raster indices.
     """
     k, n_levels = model.doublings, model.distribution.n_levels
     for level, networks in enumerate(model.networks):
