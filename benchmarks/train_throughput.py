@@ -166,11 +166,10 @@ def main() -> None:
                                                     f"train.mixed_precision={precision}"])
                 trainer = Trainer(run_cfg, os.path.join(workdir, precision + jit),
                                   (32, 32, 3))
-                if not steps or (len(steps) == 1 and REFERENCE in steps):
-                    print(f"parameters: {count_parameters(trainer.model):,}")
                 name = (f"ours ({'fp32' if precision == 'none' else precision}"
                         f"{', compiled' if jit == 'true' else ''})")
                 steps[name] = trainer.train_step
+        print(f"parameters: {count_parameters(trainer.model):,}")  # (every one's model)
         results = time_interleaved(steps, (images, labels), args.batch_size, args.rounds,
                                    args.steps)
     base_name = REFERENCE if REFERENCE in results else next(iter(results))
