@@ -232,14 +232,14 @@ def loss_and_gradients(model, images, labels, training=True, recompute=False):
     return loss, tape.gradient(loss, model.trainable_variables)
 
 
-def training_model(case, **options):
+def training_model(case):
     """The case's class-conditional model, with dropout where the type has it (its masks
     must be drawn alike by a recomputed block), built the same way on every call."""
     config = case.config(num_classes=2)
     if "dropout" in type_options(case.type):
         config = dataclasses.replace(config, dropout=0.5)
     tf.random.set_seed(0)
-    return randomize_biases(build_model(config, case.shape, **options))
+    return randomize_biases(build_model(config, case.shape))
 
 
 def assert_same_loss_and_gradients(got, want):
@@ -298,12 +298,8 @@ def every_binary_image(shape) -> np.ndarray:
 def train_a_few_steps(model, images, labels, steps=8, learning_rate=0.05):
     """Adam on ``images`` (levels) so the conditionals move far from uniform."""
     optimizer = tf.keras.optimizers.Adam(learning_rate)
-    distribution = model.distribution
     for _ in range(steps):
-        with tf.GradientTape() as tape:
-            params = model(unit_images(images, distribution.n_levels), labels)
-            loss = distribution.mean_bits_per_dim(params, images)
-        grads = tape.gradient(loss, model.trainable_variables)
+        _, grads = loss_and_gradients(model, images, labels, training=False)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
 
