@@ -329,7 +329,7 @@ def test_compiled_step_equals_the_plain_one_and_resumes_across_the_setting(tmp_p
     losses = {k: [float(t.train_step(*batch)[0]) for _ in range(3)]
               for k, t in trainers.items()}
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-5)
-    for got, want in zip(trainers["true"].checkpoint.model.trainable_variables,
+    for got, want in zip(trainers["true"].model.trainable_variables,
                          trainers["false"].model.trainable_variables):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
     trainers["false"].save()
