@@ -332,6 +332,13 @@ def restore_newest(checkpoint, workdir: str, *, move_aside: bool,
         except Exception as e:  # noqa: BLE001 - any failure to read means unreadable
             skipped.append((prefix, _unreadable_reason(prefix, e)))
             continue
+        misfits = _misfits(checkpoint, reader)
+        if misfits:  # found before restoring: TensorFlow would half-restore and warn
+            raise ConfigError(
+                f"checkpoint {prefix} does not fit the model of the run's {CONFIG_FILE} "
+                f"({len(misfits)} variables differ, e.g. {misfits[0]}): was it copied from "
+                f"another run, or {CONFIG_FILE} edited? To resume from an older checkpoint, "
+                f"move {os.path.basename(prefix)}.* out of {checkpoint_dir(workdir)}")
         try:
             status = checkpoint.restore(prefix)
             if partial:
@@ -349,6 +356,43 @@ def restore_newest(checkpoint, workdir: str, *, move_aside: bool,
     raise ConfigError(f"{checkpoint_dir(workdir)} holds checkpoints but none restores: "
                       f"{found}. Nothing was changed. Restore them from a backup, or move "
                       f"{checkpoint_dir(workdir)} away (or use a new --workdir) to start over")
+
+
+def _misfits(checkpoint, reader) -> List[str]:
+    """What of ``checkpoint``'s existing variables a saved checkpoint (``reader``) lacks or
+    holds in another shape, model variables first, e.g. ``model.layers.0.kernel: [1, 3, 8,
+    16] in the checkpoint, [3, 3, 4, 8] here``. Walks our objects and the saved object
+    graph side by side, child name by child name, as ``restore`` matches them."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    shapes = reader.get_variable_to_shape_map()
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" not in shapes:
+        return []  # not an object-based checkpoint: restore says what is wrong
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    view = tf.train.TrackableView(checkpoint)
+    found, queue, seen = [], [(checkpoint, 0, "")], set()
+    while queue:
+        obj, node_id, path = queue.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        node = graph.nodes[node_id]
+        if isinstance(obj, tf.Variable):
+            keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
+            want = obj.shape.as_list()
+            if not keys:
+                found.append(f"{path} is not a variable there")
+            elif list(shapes[keys[0]]) != want:
+                found.append(f"{path}: {list(shapes[keys[0]])} in the checkpoint, {want} here")
+        saved = {child.local_name: child.node_id for child in node.children}
+        for name, child in view.children(obj).items():
+            where = f"{path}.{name}" if path else name
+            if name in saved:
+                queue.append((child, saved[name], where))
+            elif isinstance(child, tf.Variable) or view.children(child):
+                found.append(f"{where} is missing")
+    return sorted(found, key=lambda line: not line.startswith("model."))
 
 
 def _move_aside(workdir: str, prefixes: Sequence[str]) -> List[str]:

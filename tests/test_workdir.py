@@ -164,6 +164,42 @@ def test_unit_find_checkpoints_reads_files_not_only_the_record(tmp_path):
     assert found == ["ckpt-20", "ckpt-12", "ckpt-7", "ckpt-3"]
 
 
+def test_a_checkpoint_of_another_model_is_refused_and_kept(fresh, tmp_path):
+    """Issue 29: a checkpoint of another model type copied into a run got dozens of
+    TensorFlow warnings and the advice to use "the config the run was started with" (it
+    was in use). The error names the checkpoint as foreign and says how to resume without
+    it; train.py and evaluate.py change nothing."""
+    config, workdir = fresh
+    other = str(tmp_path / "other")
+    assert train(config, other, "model.type=gated_pixelcnn", "train.steps=2").returncode == 0
+    for name in os.listdir(os.path.join(other, "checkpoints")):
+        if name.startswith("ckpt-2."):
+            shutil.copy(os.path.join(other, "checkpoints", name),
+                        os.path.join(workdir, "checkpoints", name.replace("ckpt-2", "ckpt-9")))
+    before = files_of(workdir, 2, 4, 6, 9)
+    for result in (train(config, workdir, "train.steps=12"),
+                   run("evaluate.py", "--workdir", workdir, "--split", "validation")):
+        one_error_line(result, "ckpt-9 does not fit the model of the run's config.yml (",
+                       "variables differ, e.g. model.",
+                       "was it copied from another run",
+                       f"move ckpt-9.* out of {os.path.join(workdir, 'checkpoints')}")
+    assert unchanged(before)
+
+
+def test_unit_misfits_name_missing_and_reshaped_variables(tmp_path):
+    import tensorflow as tf
+    saved = tf.Module()
+    saved.kernel, saved.bias = tf.Variable(tf.zeros([1, 3])), tf.Variable(tf.zeros([3]))
+    prefix = tf.train.Checkpoint(model=saved).write(str(tmp_path / "ckpt-1"))
+    ours = tf.Module()
+    ours.kernel, ours.scale = tf.Variable(tf.zeros([3, 3])), tf.Variable(tf.zeros([3]))
+    ours.bias = tf.Variable(tf.zeros([3]))
+    found = workdir_lib._misfits(tf.train.Checkpoint(model=ours),
+                                 tf.train.load_checkpoint(prefix))
+    assert sorted(found) == ["model.kernel: [1, 3] in the checkpoint, [3, 3] here",
+                             "model.scale is missing"]
+
+
 # -- one trainer per workdir -----------------------------------------------------------
 def test_a_second_trainer_or_export_exits_at_once(fresh):
     import socket
