@@ -44,13 +44,13 @@ def test_train_throughput_of_any_config_is_relative_to_our_float32():
     --jit-compile times every precision's compiled step too."""
     out = run_benchmark("train_throughput.py", "--config", "configs/quickstart_pixelcnn_pp.yml",
                         "--set", "model.hidden_dim=4", "--rounds", "1", "--steps", "1",
-                        "--batch-size", "2", "--jit-compile")
+                        "--batch-size", "2", "--jit-compile", "--precisions", "none")
     assert "reference" not in out
     assert "pixelcnn_pp (configs/quickstart_pixelcnn_pp.yml --set model.hidden_dim=4)" in out
     assert len(re.findall(r"parameters: [\d,]+", out)) == 1
     rates = dict(re.findall(r"ours \(([\w, ]+)\)\s+[\d.]+ images/s\s+([\d.]+)x ours \(fp32\)",
                             out))
-    assert set(rates) == {"fp32", "bfloat16", "fp32, compiled", "bfloat16, compiled"}, out
+    assert set(rates) == {"fp32", "fp32, compiled"}, out
     assert rates["fp32"] == "1.00" and all(float(r) > 0 for r in rates.values())
 
 
@@ -147,14 +147,13 @@ def test_equal_time_prints_every_run_and_the_difference(tmp_path):
                         "--run", "plain=configs/quickstart_gated_pixelcnn.yml",
                         "--run", "dilated=configs/quickstart_gated_pixelcnn.yml",
                         "--set", "dilated:model.dilations=[1,2,4,8,16]",
-                        "--run", "multiscale=configs/quickstart_multiscale.yml",
                         "--samples-dir", str(tmp_path))
     rows = {line.split()[0]: line.split() for line in out.splitlines()
-            if line.strip().startswith(("plain", "dilated", "multiscale"))}
+            if line.strip().startswith(("plain", "dilated"))}
+    assert set(rows) == {"plain", "dilated"}, out
     assert rows["plain"][2] == "+0.0000" and "model.dilations=[1,2,4,8,16]" in out
     for name, row in rows.items():
-        assert 0 < float(row[1]) < 8.5
-        assert row[3] == ("304,576" if name == "multiscale" else "138,816")
+        assert 0 < float(row[1]) < 8.5 and row[3] == "138,816"
         assert (tmp_path / f"mnist5k_{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 

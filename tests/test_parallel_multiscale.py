@@ -144,7 +144,7 @@ def test_trains_evaluates_samples_exports_and_compresses_through_the_clis(tmp_pa
                 f"model.base={BASE}", "model.output=logistic_mixture", "model.num_mixtures=2"]
     args = [a for s in settings for a in ("--set", s)]
     result = run("train.py", "--config", tiny_config_file(tmp_path, npz), "--workdir", workdir,
-                 "--set", "sample.method=fast", *args)
+                 "--set", "sample.method=fast", "--set", "train.sample_every=100", *args)
     assert result.returncode == 0, result.stderr
     assert f"new run in {workdir}: parallel_multiscale" in result.stdout
     ev = run("evaluate.py", "--workdir", workdir, "--samples", "2", "--eval", "--out",
