@@ -72,7 +72,9 @@ def test_restoring_a_different_model_is_a_clear_error(tmp_path, batch):
     trainer.train_step(*batch)
     trainer.save()
     other = Trainer(tiny_config(3, hidden_dim=9), str(tmp_path), (4, 4, 3))
-    with pytest.raises(ConfigError, match="does not fit this model config"):
+    with pytest.raises(ConfigError, match=r"ckpt-1 does not fit the model of the run's "
+                       r"config.yml \(15 variables differ, e.g. model.input_conv.kernel: "
+                       r"\[3, 3, 3, 12\] in the checkpoint, \[3, 3, 3, 18\] here\)"):
         other.restore()
 
 
