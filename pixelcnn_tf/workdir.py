@@ -381,10 +381,11 @@ def _misfits(checkpoint, reader) -> List[str]:
         if isinstance(obj, tf.Variable):
             keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
             want = obj.shape.as_list()
-            if not keys:
+            saved_shape = shapes.get(keys[0]) if keys else None
+            if saved_shape is None:
                 found.append(f"{path} is not a variable there")
-            elif list(shapes[keys[0]]) != want:
-                found.append(f"{path}: {list(shapes[keys[0]])} in the checkpoint, {want} here")
+            elif list(saved_shape) != want:
+                found.append(f"{path}: {list(saved_shape)} in the checkpoint, {want} here")
         saved = {child.local_name: child.node_id for child in node.children}
         for name, child in view.children(obj).items():
             where = f"{path}.{name}" if path else name
