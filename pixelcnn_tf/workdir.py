@@ -16,6 +16,7 @@ Layout::
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import fcntl
@@ -314,7 +315,7 @@ def restore_newest(checkpoint, workdir: str, *, move_aside: bool,
 
     Returns None when the workdir has no checkpoint files at all. Raises ConfigError when
     checkpoints exist but none restores (nothing is moved then), or when one restores but
-    does not fit the model (the config differs from the run's).
+    does not fit the model (a foreign checkpoint, or an edited config).
     """
     import tensorflow as tf
     candidates = find_checkpoints(workdir)
@@ -334,20 +335,16 @@ def restore_newest(checkpoint, workdir: str, *, move_aside: bool,
             continue
         misfits = _misfits(checkpoint, reader)
         if misfits:  # found before restoring: TensorFlow would half-restore and warn
-            raise ConfigError(
-                f"checkpoint {prefix} does not fit the model of the run's {CONFIG_FILE} "
-                f"({len(misfits)} variables differ, e.g. {misfits[0]}): was it copied from "
-                f"another run, or {CONFIG_FILE} edited? To resume from an older checkpoint, "
-                f"move {os.path.basename(prefix)}.* out of {checkpoint_dir(workdir)}")
+            raise _does_not_fit(workdir, prefix, f"{len(misfits)} variables differ, e.g. "
+                                                 f"{misfits[0]}")
         try:
             status = checkpoint.restore(prefix)
             if partial:
                 status.expect_partial()
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise ConfigError(f"checkpoint {prefix} does not fit this model config "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use a "
-                              f"new --workdir or the config the run was started with") from None
+            raise _does_not_fit(workdir, prefix, f"{type(e).__name__}: "
+                                                 f"{str(e).splitlines()[0][:200]}") from None
         moved = _move_aside(workdir, [p for p, _ in skipped]) if move_aside else []
         if move_aside:
             _rewrite_record(workdir, prefix)
@@ -356,6 +353,16 @@ def restore_newest(checkpoint, workdir: str, *, move_aside: bool,
     raise ConfigError(f"{checkpoint_dir(workdir)} holds checkpoints but none restores: "
                       f"{found}. Nothing was changed. Restore them from a backup, or move "
                       f"{checkpoint_dir(workdir)} away (or use a new --workdir) to start over")
+
+
+def _does_not_fit(workdir: str, prefix: str, why: str) -> ConfigError:
+    """The error for a readable checkpoint that does not fit the run's model: the config
+    was already checked against the run's, so the checkpoint is foreign (or the recorded
+    config was edited)."""
+    return ConfigError(
+        f"checkpoint {prefix} does not fit the model of the run's {CONFIG_FILE} ({why}): "
+        f"was it copied from another run, or {CONFIG_FILE} edited? To resume from an older "
+        f"checkpoint, move {os.path.basename(prefix)}.* out of {checkpoint_dir(workdir)}")
 
 
 def _misfits(checkpoint, reader) -> List[str]:
@@ -371,9 +378,9 @@ def _misfits(checkpoint, reader) -> List[str]:
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     view = tf.train.TrackableView(checkpoint)
-    found, queue, seen = [], [(checkpoint, 0, "")], set()
+    found, queue, seen = [], collections.deque([(checkpoint, 0, "")]), set()
     while queue:
-        obj, node_id, path = queue.pop(0)
+        obj, node_id, path = queue.popleft()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
