@@ -28,21 +28,24 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
+    from pixelcnn_tf.container import read_header
     from pixelcnn_tf.errors import ConfigError
+    from pixelcnn_tf.files import check_image_output
     if not os.path.isfile(args.file):
         raise ConfigError(f"{args.file} is not a file; give a file written by compress.py")
+    with open(args.file, "rb") as f:
+        data = f.read()
+    # A damaged or foreign file, and where the images go (existing files, names that
+    # repeat or collide in case, a location that is not writable), are refused at once:
+    # before TensorFlow loads, let alone the model.
+    header = read_header(data, args.file)
+    check_image_output(args.output, header.count, header.names, args.force)
     cli.import_tensorflow_quietly()
 
     from pixelcnn_tf import codec
     from pixelcnn_tf import data as data_lib
     from pixelcnn_tf.run import load_for_inference
 
-    with open(args.file, "rb") as f:
-        data = f.read()
-    header = codec.read_header(data, args.file)  # a damaged file fails before the model loads
-    # Where the images go is checked before the decoding work: existing files, names that
-    # repeat or collide in case, a location that is not writable.
-    data_lib.check_image_output(args.output, header.count, header.names, args.force)
     run = load_for_inference(args.workdir, args.overrides)
     tried = []
     for step in run.checkpoints_newest_first():  # the checkpoint that compressed the file

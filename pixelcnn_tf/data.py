@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from pixelcnn_tf.errors import DataError
+from pixelcnn_tf.files import check_image_output, check_unique_names, write_bytes_atomically
 
 SPLITS = ("train", "validation", "test", "all")
 TFDS_DATASETS = ("cifar10", "mnist", "fashion_mnist")
@@ -429,19 +430,6 @@ def _decode_png(path: str, contents: bytes, colour_type: int) -> np.ndarray:
                         f"give PNGs or an .npz with an 'images' array") from None
 
 
-def check_unique_names(names: Sequence[str], where: str) -> None:
-    """Refuses image names that repeat, or differ only in case (one would overwrite the
-    other on a case-insensitive file system)."""
-    seen = {}
-    for name in names:
-        other = seen.get(name.lower())
-        if other is not None:
-            same = "twice" if other == name else f"and {other!r}, which differ only in case"
-            raise DataError(f"{where} names {name!r} {same}: one image would overwrite the "
-                            f"other; rename one, or use an .npz")
-        seen[name.lower()] = name
-
-
 MAX_PNG_PIXELS = 2**26  # 8192x8192
 
 
@@ -478,43 +466,6 @@ def load_image_files(path: str, image_shape: Optional[Sequence[int]] = None):
     return np.stack(images), None, names
 
 
-def check_image_output(path: str, count: int, names=None, overwrite: bool = False) -> list:
-    """Everything ``save_image_files`` would refuse, checked before any long work: an
-    existing output (without ``overwrite``), names that are not plain, repeat or collide
-    in case, a file where a folder is needed, a location that is not writable. Returns
-    the PNG names (``names``, or 000000.png, ... in order; [] for an .npz)."""
-    if path.lower().endswith(".npz"):
-        if os.path.exists(path) and not overwrite:
-            raise DataError(f"{path} exists; choose another output or add --force to "
-                            f"replace it")
-        _check_writable(os.path.dirname(os.path.abspath(path)))
-        return []
-    names = list(names) if names is not None else [f"{i:06d}.png" for i in range(count)]
-    bad = [n for n in names if os.path.basename(n) != n or not n.lower().endswith(".png")
-           or "\0" in n]
-    if bad:
-        raise DataError(f"refusing to write {bad[0]!r}: image names must be plain .png file "
-                        f"names; write to an .npz instead")
-    check_unique_names(names, "the images to write")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise DataError(f"{path} is a file; give a folder for PNGs or a name ending in .npz")
-    clashes = [n for n in names if os.path.exists(os.path.join(path, n))]
-    if clashes and not overwrite:
-        raise DataError(f"{path} already holds {clashes[0]}"
-                        f"{f' and {len(clashes) - 1} more' if len(clashes) > 1 else ''} of "
-                        f"the images to write; choose another folder or add --force")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):  # the folder, or where it will be made
-        existing = os.path.dirname(existing)
-    _check_writable(existing)
-    return names
-
-
-def _check_writable(directory: str) -> None:
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise DataError(f"{directory} is not writable; choose another output")
-
-
 def save_image_files(path: str, images: np.ndarray, labels: Optional[np.ndarray] = None,
                      names=None, overwrite: bool = False) -> str:
     """Writes uint8 ``images`` ``[N, H, W, C]`` to ``path``: an .npz (``images`` and, when
@@ -522,7 +473,6 @@ def save_image_files(path: str, images: np.ndarray, labels: Optional[np.ndarray]
     file is written atomically; existing files are replaced only with ``overwrite``
     (``check_image_output`` says what is refused). Returns what was written, counted on
     disk, for the user."""
-    from pixelcnn_tf.files import write_bytes_atomically
     names = check_image_output(path, len(images), names, overwrite)
     if path.lower().endswith(".npz"):
         import io

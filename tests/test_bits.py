@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from conftest import randomize_biases, tiny_config
 from helpers import run
-from pixelcnn_tf import codec, generate_images
+from pixelcnn_tf import codec, container, generate_images
 from pixelcnn_tf import data as data_lib
 from pixelcnn_tf.config import ConfigError, load_config
 from pixelcnn_tf.data import DataError, load_split, quantize, to_intensities
@@ -144,7 +144,7 @@ def test_an_8_bit_file_keeps_its_layout():
     """Version-1 files of 8-bit runs are unchanged: no depth in the flags."""
     model = low_model("gated_pixelcnn", "categorical", 1, 8, {}, num_classes=0)
     data = codec.encode(model, np.zeros((1, 4, 4, 1), np.uint8))
-    assert data[6] == codec.FORMAT_VERSION and data[6 + 1 + 2 + 2 + 1 + 4 + 2] == 0  # flags
+    assert data[6] == container.FORMAT_VERSION and data[6 + 1 + 2 + 2 + 1 + 4 + 2] == 0  # flags
 
 
 # -- the CLIs on a binarized run -------------------------------------------------------------

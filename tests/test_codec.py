@@ -1,7 +1,6 @@
 """Lossless coding with a model: quantization, exact round trips for every model with an
 incremental evaluation, the size against the model's bits/dim, and damaged files."""
 import struct
-import time
 import zlib
 
 import constriction
@@ -10,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import DILATED, TEST_DILATIONS, random_model
-from pixelcnn_tf import codec
+from pixelcnn_tf import codec, container
 from pixelcnn_tf.codec import CodecError
 from pixelcnn_tf.likelihood import LN2
 
@@ -19,7 +18,7 @@ from pixelcnn_tf.likelihood import LN2
 def check_frequencies(freqs):
     assert freqs.dtype == np.int64
     assert np.all(freqs >= 1)  # every value stays codable
-    np.testing.assert_array_equal(freqs.sum(axis=1), codec.TOTAL)
+    np.testing.assert_array_equal(freqs.sum(axis=1), container.TOTAL)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.1, 1.0, 10.0, 100.0, 1e4, 1e30])
@@ -30,9 +29,9 @@ def test_quantize_sums_to_total_and_never_zero(scale, rng):
     # numpy reference: 1 + floor(p · (2^24 - 256)), the remainder on the most likely value
     p = np.exp(logits.astype(np.float64) - logits.max(1, keepdims=True).astype(np.float64))
     p /= p.sum(1, keepdims=True)
-    want = np.floor(p * (codec.TOTAL - 256)).astype(np.int64) + 1
+    want = np.floor(p * (container.TOTAL - 256)).astype(np.int64) + 1
     top = np.argmax(want, axis=1)
-    want[np.arange(200), top] += codec.TOTAL - want.sum(1)
+    want[np.arange(200), top] += container.TOTAL - want.sum(1)
     np.testing.assert_array_equal(freqs, want)
 
 
@@ -41,10 +40,10 @@ def test_quantize_extremes():
     one_hot[[0, 1, 2], [0, 255, 17]] = 0.0
     freqs = codec.quantize(one_hot)
     check_frequencies(freqs)
-    assert freqs[0, 0] == codec.TOTAL - 255 and freqs[0, 1] == 1
+    assert freqs[0, 0] == container.TOTAL - 255 and freqs[0, 1] == 1
     uniform = codec.quantize(np.zeros((1, 256), np.float32))
     check_frequencies(uniform)
-    assert set(uniform[0]) == {codec.TOTAL // 256}
+    assert set(uniform[0]) == {container.TOTAL // 256}
     with pytest.raises(CodecError, match="non-finite"):
         codec.quantize(np.full((1, 256), np.nan, np.float32))
 
@@ -251,22 +250,20 @@ def with_valid_crc(body: bytes) -> bytes:
 
 def test_corruption_behind_a_valid_checksum_is_caught_and_ends(coded):
     """Payload words changed and the CRC recomputed (what a CRC cannot see): decoding
-    ends (a fixed number of steps) with an error or the right images (a change in the
-    coder's unused tail bits), never with wrong images."""
+    ends (it runs a fixed number of steps, whatever the payload) with an error or the
+    right images (a change in the coder's unused tail bits), never with wrong images."""
     model, images, data = coded
     for word in (0, 3, -1):
         body = bytearray(data[:-4])
         start = len(body) - 4 * len(codec.read_header(data).payload)
         at = start + 4 * word if word >= 0 else len(body) - 4
         body[at:at + 4] = bytes(4) if body[at:at + 4] != bytes(4) else b"\xff" * 4
-        began = time.perf_counter()
         try:
             decoded = codec.decode(model, with_valid_crc(bytes(body)))
         except CodecError as e:
             assert "did not reproduce" in str(e) or "entropy coding failed" in str(e)
         else:
             np.testing.assert_array_equal(decoded, images)
-        assert time.perf_counter() - began < 60
 
 
 def test_another_model_is_refused(coded):
@@ -294,7 +291,7 @@ def test_other_format_version_is_refused(coded):
 def test_header_layout(coded):
     model, images, data = coded
     header = codec.read_header(data)
-    assert data[:6] == b"PXCNNZ" and data[6] == codec.FORMAT_VERSION
+    assert data[:6] == b"PXCNNZ" and data[6] == container.FORMAT_VERSION
     assert header.fingerprint == codec.fingerprint(model)
     assert header.digest == codec.image_digest(images)
     assert header.batch_size == 4 and header.names[5] == "5.png"
@@ -307,10 +304,11 @@ def test_unreadable_extras_behind_a_valid_checksum_are_refused(coded):
     for labels, names in ((header.labels[:3], header.names),  # labels cut short
                           (header.labels, header.names[:2]),  # names of 2 images, not 6
                           (header.labels, [1, 2, 3, 4, 5, 6])):  # names that are not strings
-        body = codec._pack(codec.Header(**{**vars(header), "labels": labels, "names": names}))
+        body = container.pack(container.Header(**{**vars(header), "labels": labels,
+                                                  "names": names}))
         with pytest.raises(CodecError, match="invalid header"):
             codec.decode(model, body)
     garbled = bytearray(data[:-4])  # zlib data that does not inflate
-    garbled[codec._FIXED.size:codec._FIXED.size + 4] = b"\0\0\0\0"
+    garbled[container._FIXED.size:container._FIXED.size + 4] = b"\0\0\0\0"
     with pytest.raises(CodecError, match="invalid header"):
         codec.decode(model, with_valid_crc(bytes(garbled)))

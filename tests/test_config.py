@@ -157,15 +157,12 @@ def alias_bomb(levels):
 @pytest.mark.parametrize("levels", [7, 9])
 def test_alias_bombs_are_refused_without_expanding_them(tmp_path, levels):
     import resource
-    import time
     path = tmp_path / "bomb.yml"
     path.write_text(alias_bomb(levels))
     assert len(path.read_text()) < 600
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     with pytest.raises(ConfigError, match="expands to more than 10,000 YAML nodes") as err:
         load_config(str(path))
-    assert time.perf_counter() - start < 5
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # < 50 MB
     assert len(str(err.value)) < 300
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import random_model
-from pixelcnn_tf import codec
+from pixelcnn_tf import codec, container
 from pixelcnn_tf import data as data_lib
 from pixelcnn_tf.config import MAX_CLASSES, MAX_SAMPLES, ConfigError, load_config
 from pixelcnn_tf.data import DataError
@@ -153,7 +153,7 @@ def test_a_file_cannot_claim_more_images_than_its_payload_can_hold():
     data = codec.encode(model, np.zeros((1, 28, 28, 1), np.uint8))
     header = codec.read_header(data)
     for count in (200_000, 2**32 - 1):
-        forged = codec._pack(codec.Header(**{**vars(header), "count": count,
+        forged = container.pack(container.Header(**{**vars(header), "count": count,
                                              "payload": np.zeros(0, np.uint32)}))
         assert len(forged) == 63
         with pytest.raises(codec.CodecError, match=f"claims {count:,} images"):
@@ -165,7 +165,7 @@ def test_decoding_stops_where_the_payload_runs_out(rng):
     images = rng.integers(0, 256, (9, 5, 4, 1)).astype(np.uint8)
     data = codec.encode(model, images, batch_size=3)
     header = codec.read_header(data)
-    short = codec._pack(codec.Header(**{**vars(header), "payload": header.payload[:2],
+    short = container.pack(container.Header(**{**vars(header), "payload": header.payload[:2],
                                         "count": 9}))
     with pytest.raises(codec.CodecError, match="payload runs out before the images"):
         codec.decode(model, short)

@@ -19,7 +19,7 @@ PACKAGE = os.path.join(ROOT, "pixelcnn_tf")
 # Each module's layer, lowest first: a module may import only from its own layer or
 # lower ones (the entry points and tests sit above them all).
 LAYERS = [
-    {"errors", "files", "cli", "devices", "likelihood", "nn.masks", "nn"},
+    {"errors", "files", "container", "cli", "devices", "likelihood", "nn.masks", "nn"},
     {"nn.layers", "nn.shifted", "nn.attention"},
     {"models.base"},
     {"models.pixel_rnn", "models.recurrent"},
@@ -97,6 +97,29 @@ def test_config_is_checked_before_tensorflow_loads():
             "load_config('configs/quickstart.yml', ['model.type=pixelcnn_pp'])\n"
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_decompress_refuses_a_bad_file_or_output_before_tensorflow_loads(tmp_path):
+    """A file that is not ours, and an output it must not overwrite, are one line at once."""
+    from pixelcnn_tf.container import Header, pack
+    good = tmp_path / "good.pxz"
+    good.write_bytes(pack(Header((2, 2, 1), 1, 1, 8, bytes(16), bytes(16), None, None,
+                                 np.zeros(2, np.uint32))))
+    (tmp_path / "bad.pxz").write_bytes(b"not ours")
+    (tmp_path / "taken.npz").write_bytes(b"keep me")
+    code = ("import sys\nsys.argv[0] = 'decompress.py'\nimport decompress\n"
+            "from pixelcnn_tf.errors import DataError\n"
+            "for args in sys.argv[1:]:\n"
+            "    try:\n        decompress.main(['--workdir', 'w', *args.split()])\n"
+            "    except DataError as e:\n        print(e)\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code, f"{tmp_path}/bad.pxz -o x.npz",
+                           f"{good} -o {tmp_path}/taken.npz"], cwd=ROOT, check=True,
+                          capture_output=True, text=True)
+    first, second = done.stdout.splitlines()
+    assert "is not a pixelcnn_tf compressed file" in first
+    assert "taken.npz exists; choose another output or add --force" in second
+    assert (tmp_path / "taken.npz").read_bytes() == b"keep me"
 
 
 @pytest.mark.parametrize("name", model_types())
