@@ -38,8 +38,9 @@ def train_for_budget(config_path: str, overrides, budget: float, n_samples: int,
                      samples_png: str = "") -> dict:
     """Trains ``config_path`` + ``overrides`` for ``budget`` seconds of steps (the first,
     tracing step outside the budget), then scores the held-out split and times the fast
-    sampler (its last samples drawn as a grid into ``samples_png`` when given). Returns
-    the figures as a dict."""
+    sampler (its last samples drawn as a grid into ``samples_png`` when given; with
+    ``n_samples`` 0 nothing is sampled and the sampling figures are nan). Returns the
+    figures as a dict."""
     sys.path.insert(0, ROOT)
     from pixelcnn_tf import cli
     cli.import_tensorflow_quietly()
@@ -67,23 +68,24 @@ def train_for_budget(config_path: str, overrides, budget: float, n_samples: int,
         gc.collect()
         with trainer.inference_weights():  # the moving averages with train.ema_decay > 0
             result = trainer.evaluate(data_lib.eval_pipeline(held_out, 100))
-            h, w, c = train.image_shape
-            t = time.perf_counter()
-            generate_images(trainer.model, (h, w), n_samples, c, seed=0,
-                            method="fast")  # trace
-            first_s = time.perf_counter() - t
-            repeats = []
-            for seed in (1, 2, 3):  # the median of three calls
+            first_s, repeats = float("nan"), [float("nan")] * 3  # n_samples 0: not sampled
+            if n_samples:
+                h, w, c = train.image_shape
                 t = time.perf_counter()
-                samples = generate_images(trainer.model, (h, w), n_samples, c, seed=seed,
-                                          method="fast")
-                repeats.append(time.perf_counter() - t)
-        if samples_png:
+                generate_images(trainer.model, (h, w), n_samples, c, seed=0,
+                                method="fast")  # trace
+                first_s = time.perf_counter() - t
+                for k, seed in enumerate((1, 2, 3)):  # the median of three calls
+                    t = time.perf_counter()
+                    samples = generate_images(trainer.model, (h, w), n_samples, c, seed=seed,
+                                              method="fast")
+                    repeats[k] = time.perf_counter() - t
+                print(f"sampling {n_samples} images took "
+                      f"{', '.join(f'{r:.3f}' for r in repeats)} s", file=sys.stderr)
+        if samples_png and n_samples:
             from pixelcnn_tf.viz import save_grid
             save_grid(samples, samples_png, title=f"{os.path.basename(samples_png)[:-4]}: "
                       f"{result.bits_per_dim:.4f} bits/dim")
-        print(f"sampling {n_samples} images took {', '.join(f'{r:.3f}' for r in repeats)} s",
-              file=sys.stderr)
     return {"bits_per_dim": result.bits_per_dim, "steps": steps,
             "batch": cfg.data.batch_size, "parameters": count_parameters(trainer.model),
             "sample_s": sorted(repeats)[1], "first_sample_s": first_s}
@@ -120,7 +122,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE",
                         help="a config override for the run NAME, e.g. "
                              "dilated:model.dilations=[1,2,4,8,16]")
-    parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--n-samples", type=int, default=16,
+                        help="images sampled (and timed) per run; 0: none")
     parser.add_argument("--samples-dir", default="",
                         help="save each run's samples as DIR/<dataset>_<name>.png")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -136,7 +136,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=600.0,
                         help="training seconds per side and dataset")
     parser.add_argument("--datasets", default="mnist5k,cifar")
-    parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--n-samples", type=int, default=16,
+                        help="images sampled (and timed) per side; 0: none (ours only)")
     parser.add_argument("--sides", default="ours,tfp",
                         help="ours, tfp or both (tfp needs benchmarks/requirements.txt)")
     parser.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",

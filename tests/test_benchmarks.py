@@ -117,7 +117,7 @@ def test_attention_memory_prints_training_memory_and_ratio():
 def test_quality_per_compute_prints_held_out_bits_per_dim():
     """Our side only (TFP is a benchmark-only dependency, benchmarks/requirements.txt)."""
     out = run_benchmark("quality_per_compute.py", "--sides", "ours", "--budget-s", "2",
-                        "--datasets", "mnist5k", "--n-samples", "1")
+                        "--datasets", "mnist5k", "--n-samples", "0")
     line = next(line for line in out.splitlines() if line.strip().startswith("ours"))
     bits = float(re.search(r"([\d.]+) bits/dim", line).group(1))
     assert 0 < bits < 8.5 and "554,240 parameters" in line  # 2 blocks per stage, F = 24
@@ -157,43 +157,34 @@ def test_equal_time_prints_every_run_and_the_difference(tmp_path):
         assert (tmp_path / f"mnist5k_{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_equal_time_scores_the_moving_averages(monkeypatch):
-    """With train.ema_decay > 0 the held-out score (and the samples, drawn in the same
-    block) use the averages, as evaluate.py does: the benchmarks score runs as a user
-    would."""
+def test_equal_time_scores_the_averages_and_initialises_weight_norm(monkeypatch):
+    """Runs scored as a user would: with model.weight_norm, g and the biases are
+    initialised from data once, before the budget starts, as train.py does; with
+    train.ema_decay > 0 the held-out score (and the samples, drawn in the same block) use
+    the averages, as evaluate.py does."""
     import numpy as np
     from pixelcnn_tf import trainer as trainer_lib
-    seen = []  # per evaluation: did the model hold the averages?
+    seen, ran = [], []  # per evaluation: did the model hold the averages? / init steps
     evaluate = trainer_lib.Trainer.evaluate
+    initialize = trainer_lib.Trainer.initialize_from_data
 
     def recording_evaluate(self, *args, **kwargs):
         seen.append(all(np.array_equal(v.numpy(), s.numpy()) for v, s in
                         zip(self.model.trainable_variables, self.average.shadows)))
         return evaluate(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_lib.Trainer, "evaluate", recording_evaluate)
-    result = benchmark_module("equal_time").train_for_budget(
-        os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
-        ["model.hidden_dim=4", "train.ema_decay=0.5"], budget=0.2, n_samples=1)
-    assert seen == [True] and 0 < result["bits_per_dim"] < 8.5
-
-
-def test_equal_time_initialises_weight_norm_from_data(monkeypatch):
-    """model.weight_norm: the benchmarks initialise g and the biases from data before
-    the budget starts, as train.py does."""
-    from pixelcnn_tf import trainer as trainer_lib
-    ran = []
-    initialize = trainer_lib.Trainer.initialize_from_data
-
     def recording_initialize(self, *args, **kwargs):
         ran.append(self.step)
         return initialize(self, *args, **kwargs)
 
+    monkeypatch.setattr(trainer_lib.Trainer, "evaluate", recording_evaluate)
     monkeypatch.setattr(trainer_lib.Trainer, "initialize_from_data", recording_initialize)
     result = benchmark_module("equal_time").train_for_budget(
         os.path.join(ROOT, "configs", "quickstart_pixelcnn_pp.yml"),
-        ["model.hidden_dim=4", "model.weight_norm=true"], budget=0.2, n_samples=1)
-    assert ran == [0] and 0 < result["bits_per_dim"] < 8.5
+        ["model.hidden_dim=4", "train.ema_decay=0.5", "model.weight_norm=true"],
+        budget=0.2, n_samples=0)
+    assert seen == [True] and ran == [0] and 0 < result["bits_per_dim"] < 8.5
+    assert np.isnan(result["sample_s"])  # n_samples 0: nothing sampled
 
 
 def test_receptive_field_of_the_last_pixel(tmp_path):
