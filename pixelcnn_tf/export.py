@@ -126,15 +126,17 @@ class ExportModule(tf.Module):
 
         scalar = tf.TensorSpec([], tf.int32, name="n")
         seed_spec = tf.TensorSpec([], tf.int64, name="seed")
-        self.sample = tf.function(sample, input_signature=[
+        # autograph=False (as for every function here): no Python control flow on
+        # tensors, and converting the model's code would only slow the tracing.
+        self.sample = tf.function(sample, autograph=False, input_signature=[
             scalar, seed_spec, tf.TensorSpec([], tf.float32, name="temperature"), *labels_spec])
         # log_prob and complete are traced for uint8 images of the model's shape (the
         # signatures) and of any shape (attribute calls), so a wrong height, width or
         # channel count reaches the shape check and its message; float images match no
         # trace and are refused (never cast to uint8).
         any_images = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
-        self.log_prob = tf.function(log_prob)
-        self.complete = tf.function(complete)
+        self.log_prob = tf.function(log_prob, autograph=False)
+        self.complete = tf.function(complete, autograph=False)
         for spec in (images_spec, any_images):
             self.log_prob.get_concrete_function(spec, *labels_spec)
             self.complete.get_concrete_function(

@@ -96,7 +96,10 @@ class ModelRun:
                 tf.TensorSpec([None], tf.int32)]
 
     def _make_eval_step(self):
-        return tf.function(self._eval_step, input_signature=self._batch_signature())
+        # autograph=False: as for the training step (converting the model's code only
+        # slowed the tracing: 5.6 → 2.1 s for a quickstart-size PixelCNN++).
+        return tf.function(self._eval_step, input_signature=self._batch_signature(),
+                           autograph=False)
 
     def _params(self, images: tf.Tensor, labels: tf.Tensor, training: bool = False,
                 recompute: bool = False) -> tf.Tensor:
