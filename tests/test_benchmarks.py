@@ -54,6 +54,20 @@ def test_train_throughput_of_any_config_is_relative_to_our_float32():
     assert rates["fp32"] == "1.00" and all(float(r) > 0 for r in rates.values())
 
 
+def test_train_startup_prints_both_optimizers_and_the_ratio():
+    out = run_benchmark("train_startup.py", "--config", "configs/quickstart.yml", "--set",
+                        "model.hidden_dim=3", "--set", "model.out_dim=6", "--set",
+                        "model.n_layers=1", "--rounds", "1", "--batch-size", "2")
+    lines = {name: line for line in out.splitlines()
+             for name in ("Keras's Adam", "trainer.Adam") if line.strip().startswith(name)}
+    assert set(lines) == {"Keras's Adam", "trainer.Adam"}, out
+    assert lines["Keras's Adam"].endswith("1.00x Keras's")
+    nodes = {k: int(re.search(r"([\d,]+) graph nodes", v).group(1).replace(",", ""))
+             for k, v in lines.items()}
+    assert nodes["trainer.Adam"] < nodes["Keras's Adam"]  # one op per variable, not ~40
+    assert re.search(r"configs/quickstart.yml .*batch 2: \d+ trainable variables", out)
+
+
 def test_input_pipeline_prints_rates_and_ratios():
     out = run_benchmark("input_pipeline.py", "--batches", "5", "--images", "100")
     ratios = re.findall(r"pipeline / training = ([\d,]+)x", out)
