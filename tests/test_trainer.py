@@ -280,6 +280,7 @@ def test_weight_norm_is_initialised_from_data_once_at_step_0(tmp_path, rng):
     cfg.train.ema_decay = 0.9
     cfg.train.steps = 0
     cfg.data.batch_size = 4
+    cfg.sample.method = "naive"  # fit's samples: no sampler to compile (not checked here)
 
     def values(trainer):
         return [v.numpy() for v in trainer.model.trainable_variables]
