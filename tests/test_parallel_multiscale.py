@@ -88,6 +88,30 @@ def test_sampling_takes_a_few_passes_per_doubling(monkeypatch):
     assert calls == {"features": 3 * 3, "head": 3 * 3 * 3}
 
 
+@pytest.mark.parametrize("channels,output", [(1, "categorical"), (3, "logistic_mixture")])
+def test_groups_drawn_in_pieces_give_the_same_images(monkeypatch, channels, output):
+    """A large group is drawn in pieces of positions (sampling.GROUP_PIECE); each
+    sub-pixel keeps its own noise and kept values, so pieces of 3 positions (6 pieces for
+    the 16 positions of each last group here) give the images of one piece, completions
+    and labels included."""
+    from pixelcnn_tf import sampling
+    kwargs = dict(seed=3, labels=[0, 1], init_images=np.full((2, 8, 8, channels), 200,
+                                                             np.uint8), start=(3, 5, 0))
+    calls = []
+    draw_positions = sampling._draw_positions
+    monkeypatch.setattr(sampling, "_draw_positions",
+                        lambda *args: calls.append(1) or draw_positions(*args))
+    model = parallel_model(channels, (8, 8), output, num_classes=2)
+    whole = generate_images(model, (8, 8), 2, channels, **kwargs)
+    one_piece_each, calls[:] = len(calls), []
+    monkeypatch.setattr(sampling, "GROUP_PIECE", 3 * model.distribution.noise_width)
+    pieces = generate_images(parallel_model(channels, (8, 8), output, num_classes=2),
+                             (8, 8), 2, channels, **kwargs)
+    assert len(calls) > one_piece_each  # (traced calls: the pieces of every group)
+    np.testing.assert_array_equal(pieces, whole)
+    assert np.all(pieces[:, :3] == 200)
+
+
 @pytest.mark.parametrize("base", [
     "{type: pixelcnn_pp, hidden_dim: 4, n_layers: 1}",
     "{type: pixelsnail, hidden_dim: 4, out_dim: 8, n_layers: 1, input_kernel_size: 3}"])
