@@ -257,7 +257,7 @@ def _parallel_loop(model_ref, method: str, conditional: bool):
 # Positions of a group drawn in one piece, at most (times the noise width): a piece's
 # noise for 16 images of the 256-level categorical is 16·512·256 floats (8 MiB), which
 # the allocator reuses; the 64 MiB of a 128x128 grey image's last groups in one piece
-# was mapped afresh for each op, and those groups drew about 30% slower.
+# was mapped afresh for each op, and drew much slower (docs/results/parallel_multiscale.md).
 GROUP_PIECE = 2**17
 
 
