@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,13 +56,10 @@ def measure(config: str, overrides, batch: int, optimizer: str) -> dict:
 
 
 def measure_in_child(config: str, overrides, batch: int, optimizer: str) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", optimizer, "--config",
-               config, "--batch-size", str(batch), *(a for o in overrides for a in ("--set", o))]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if out.returncode != 0:
-        raise SystemExit(f"{optimizer} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from equal_time import run_child  # (benchmarks/ is on the path when run as a script)
+    return run_child(os.path.abspath(__file__),
+                     ["--child", optimizer, "--config", config, "--batch-size", str(batch),
+                      *(a for o in overrides for a in ("--set", o))], f"{optimizer}'s side")
 
 
 def main() -> None:
