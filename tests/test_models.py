@@ -120,6 +120,41 @@ def test_weight_normalised_layers_match_numpy_and_initialise_from_data(rng):
         plain.initialize_from(x)
 
 
+def test_kernels_are_computed_once_their_layer_s_input_is_ready():
+    """In a graph each layer reads its kernel's variables only after its input exists, so
+    that a training step does not compute every layer's kernel at its start and hold them
+    all (nor, with train.recompute, a second copy for every block's rerun): weight-
+    normalised and plain layers, the transposed and 1x1 ones, and MaskedConv2D."""
+    from pixelcnn_tf.nn.layers import MaskedConv2D
+    from pixelcnn_tf.nn.shifted import Dense, ShiftedConv2D, ShiftedDeconv2D
+    x = tf.zeros([2, 6, 8, 3])
+    for layer in [ShiftedConv2D(4, (2, 3), False, weight_norm=True),
+                  ShiftedConv2D(4, (2, 2), True, stride=2), ShiftedDeconv2D(4, True),
+                  ShiftedDeconv2D(4, False, weight_norm=True), Dense(4, weight_norm=True),
+                  MaskedConv2D(6, 3, "A", n_colors=3)]:
+        layer(x)  # makes the variables
+        bias = layer.bias.handle
+        graph = tf.function(layer).get_concrete_function(tf.TensorSpec(x.shape)).graph
+        handles = {id(inner.op): outer for outer, inner in graph.captures}
+        reads = [op for op in graph.get_operations() if op.type == "ReadVariableOp"
+                 and handles[id(op.inputs[0].op)] is not bias]
+        assert reads, layer.name
+        for read in reads:
+            assert graph.inputs[0].op in ancestors(read), f"{layer.name}: {read.name}"
+
+
+def ancestors(op) -> set:
+    """Every op that ``op`` waits for, through data and control edges."""
+    seen, todo = set(), [op]
+    while todo:
+        current = todo.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
 def test_pixelcnn_pp_initialises_every_layer_from_data():
     tf.random.set_seed(0)
     model = build_model(pp_config(3, weight_norm=True, num_classes=2), (8, 8, 3))

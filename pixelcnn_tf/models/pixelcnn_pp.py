@@ -99,6 +99,9 @@ class GatedResnet(tf.Module):
         ``seed`` is given. ``apply(layer, x)`` applies a linear layer (``call``, or its
         data-dependent initialisation)."""
         if self.aux_proj is not None:
+            # One tensor, or a list of them (the up pass's [u, skip]) joined here, inside
+            # the block, so that a recomputed block does not keep the joined copy.
+            aux = tf.concat(tf.nest.flatten(aux), axis=-1)
             c1 += apply(self.aux_proj, concat_elu(aux))
         c1 = concat_elu(c1)
         if seed is not None:
@@ -265,7 +268,7 @@ class PixelCNNPlusPlus(tf.Module):
                 ul = apply(self.upsample_ul[s], ul)
             for block_u, block_ul in zip(self.up_u[s], self.up_ul[s]):
                 u = run(block_u, u, skips_u.pop())
-                ul = run(block_ul, ul, tf.concat([u, skips_ul.pop()], axis=-1))
+                ul = run(block_ul, ul, [u, skips_ul.pop()])
         params = apply(self.output_layer, tf.nn.elu(ul))  # [B, H, W, P]
         return self.distribution.to_output(tf.cast(params, tf.float32))
 

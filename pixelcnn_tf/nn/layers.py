@@ -126,9 +126,13 @@ class MaskedConv2D(tf.Module):
             raise ValueError(f"{self.name} has no mask yet: call it on an input first")
         return self._mask
 
-    def masked_kernel(self, dtype: tf.DType = tf.float32) -> tf.Tensor:
-        """The kernel times its mask, cast to ``dtype``: ``[kh, kw, C_in, features_out]``."""
-        return tf.cast(self.kernel * self._mask, dtype)
+    def masked_kernel(self, dtype: tf.DType = tf.float32,
+                      after: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """The kernel times its mask, cast to ``dtype``: ``[kh, kw, C_in, features_out]``.
+        ``after``: the layer's input, which the kernel then waits for in a graph (see
+        ``nn.shifted._Linear.weights``)."""
+        with tf.control_dependencies([] if after is None else [after]):
+            return tf.cast(self.kernel * self._mask, dtype)
 
     @tf.Module.with_name_scope
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
@@ -148,7 +152,7 @@ class MaskedConv2D(tf.Module):
         d = self.dilation
         rows = kh // 2 + 1
         right = kw // 2 if kh > 1 else 0  # a one-row kernel sees nothing to the right
-        kernel = self.masked_kernel(x.dtype)[:rows, :kw // 2 + 1 + right]
+        kernel = self.masked_kernel(x.dtype, x)[:rows, :kw // 2 + 1 + right]
         if (kh, kw) != (1, 1):
             # [B, H, W, C] → [B, H + d·kh//2, W + d·(kw//2 + right), C]
             x = tf.pad(x, [[0, 0], [d * (kh // 2), 0], [d * (kw // 2), d * right], [0, 0]])

@@ -71,16 +71,25 @@ class _Linear(tf.Module):
                 self.kernel = _weights(shape, fan_in, self.init_scale, "kernel")
             self.bias = tf.Variable(tf.zeros([self.features_out]), name="bias")
 
-    def weights(self, dtype: tf.DType = tf.float32) -> tf.Tensor:
-        """The kernel in ``dtype`` (computed in float32 from g and v when weight-normalised)."""
-        if not self.weight_norm:
-            return tf.cast(self.kernel, dtype)
-        rank = self.direction.shape.rank
-        out = self.out_axis % rank
-        axes = [a for a in range(rank) if a != out]
-        shape = [self.features_out if a == out else 1 for a in range(rank)]
-        unit = tf.nn.l2_normalize(self.direction, axis=axes)
-        return tf.cast(unit * tf.reshape(self.scale, shape), dtype)
+    def weights(self, dtype: tf.DType = tf.float32,
+                after: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """The kernel in ``dtype`` (computed in float32 from g and v when weight-normalised).
+
+        ``after``: the layer's input. In a graph the kernel is then computed once that
+        input is ready, not as soon as the step starts (it depends only on variables):
+        otherwise a training step computes every layer's kernel at its start and holds
+        them all until their layers run, and with ``train.recompute`` it holds a second
+        copy of each recomputed block's kernels until the backward pass reaches it, which
+        was a third of PixelCNN++'s recomputed step (docs/training.md)."""
+        with tf.control_dependencies([] if after is None else [after]):
+            if not self.weight_norm:  # (read here, so that the read waits too)
+                return tf.cast(self.kernel.value(), dtype)
+            rank = self.direction.shape.rank
+            out = self.out_axis % rank
+            axes = [a for a in range(rank) if a != out]
+            shape = [self.features_out if a == out else 1 for a in range(rank)]
+            unit = tf.nn.l2_normalize(self.direction, axis=axes)
+            return tf.cast(unit * tf.reshape(self.scale, shape), dtype)
 
     def initialize_from(self, x: tf.Tensor) -> tf.Tensor:
         """Weight normalisation's data-dependent initialisation on the batch ``x`` (its own,
@@ -138,7 +147,7 @@ class ShiftedConv2D(_Linear):
 
     def valid(self, padded: tf.Tensor) -> tf.Tensor:
         """The convolution of an already padded input (VALID, the layer's stride)."""
-        y = tf.nn.conv2d(padded, self.weights(padded.dtype), strides=self.stride,
+        y = tf.nn.conv2d(padded, self.weights(padded.dtype, padded), strides=self.stride,
                          padding="VALID")
         return tf.nn.bias_add(y, tf.cast(self.bias, padded.dtype))
 
@@ -173,7 +182,7 @@ class ShiftedDeconv2D(_Linear):
         batch, height, width = tf.shape(x)[0], x.shape[1], x.shape[2]
         full = [batch, 2 * height + kh - 1, 2 * width + kw - 1, self.features_out]
 
-        y = tf.nn.conv2d_transpose(x, self.weights(x.dtype), tf.stack(full), strides=2,
+        y = tf.nn.conv2d_transpose(x, self.weights(x.dtype, x), tf.stack(full), strides=2,
                                    padding="VALID")
         # [B, 2H+1, 2W+kw-1, F] → [B, 2H, 2W, F]
         y = y[:, :2 * height, self.crop_left:self.crop_left + 2 * width]
@@ -191,7 +200,7 @@ class Dense(_Linear):
         c_in = int(x.shape[-1])
         self._make_variables((c_in, self.features_out), c_in)
 
-        y = tf.tensordot(x, self.weights(x.dtype), axes=[[-1], [0]])
+        y = tf.tensordot(x, self.weights(x.dtype, x), axes=[[-1], [0]])
         y.set_shape(x.shape[:-1].concatenate([self.features_out]))
         return y + tf.cast(self.bias, x.dtype)
 
