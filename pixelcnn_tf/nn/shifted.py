@@ -79,8 +79,8 @@ class _Linear(tf.Module):
         input is ready, not as soon as the step starts (it depends only on variables):
         otherwise a training step computes every layer's kernel at its start and holds
         them all until their layers run, and with ``train.recompute`` it holds a second
-        copy of each recomputed block's kernels until the backward pass reaches it, which
-        was a third of PixelCNN++'s recomputed step (docs/training.md)."""
+        copy of each recomputed block's kernels until the backward pass reaches it
+        (measured in docs/training.md)."""
         with tf.control_dependencies([] if after is None else [after]):
             if not self.weight_norm:  # (read here, so that the read waits too)
                 return tf.cast(self.kernel.value(), dtype)
