@@ -145,16 +145,19 @@ class ShiftedConv2D(_Linear):
         top, left, right = self.padding
         return tf.pad(x, [[0, 0], [top, 0], [left, right], [0, 0]])
 
-    def valid(self, padded: tf.Tensor) -> tf.Tensor:
-        """The convolution of an already padded input (VALID, the layer's stride)."""
-        y = tf.nn.conv2d(padded, self.weights(padded.dtype, padded), strides=self.stride,
+    def valid(self, padded: tf.Tensor, after: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """The convolution of an already padded input (VALID, the layer's stride);
+        ``after``: see ``weights``."""
+        y = tf.nn.conv2d(padded, self.weights(padded.dtype, after), strides=self.stride,
                          padding="VALID")
         return tf.nn.bias_add(y, tf.cast(self.bias, padded.dtype))
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         self.build(int(x.shape[-1]))
-        padded = self.pad(x)
-        return self.valid(padded)
+        # The kernel waits for x, not for the padded copy: oneDNN's graph rewrite fuses
+        # the pad into the convolution, and a kernel waiting for the fused pad would
+        # make the convolution wait for itself ("nodes in a cycle").
+        return self.valid(self.pad(x), after=x)
 
 
 class ShiftedDeconv2D(_Linear):
