@@ -89,14 +89,24 @@ class ExportModule(tf.Module):
                                  lambda: tf.zeros([0, height, width, channels], images.dtype))
             return tf.ensure_shape(images, [None, height, width, channels])
 
+        def unless_empty(images, compute, empty):
+            """``compute()``, or ``empty`` for a batch of no images: the network never
+            sees an empty batch (oneDNN's fused convolutions, on by default on AVX-512
+            CPUs, return one of the wrong shape, and the signature failed)."""
+            return tf.cond(tf.shape(images)[0] > 0, compute, lambda: empty)
+
         def log_prob(images, *labels):
             """uint8 images [N, H, W, C] → bits/dim and NLL in nats of each image, float32
             [N]."""
             images = conform(images)
-            with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
+
+            def nll():
                 inputs = unit_images(images, model.distribution.n_levels)
                 params = model(inputs, labels[0] if labels else None)
-            nats = model.distribution.nll_per_image(params, images)
+                return model.distribution.nll_per_image(params, images)
+
+            with tf.control_dependencies(check_labels(labels, tf.shape(images)[0])):
+                nats = unless_empty(images, nll, tf.zeros([0]))
             return {"bits_per_dim": nats / (dims * math.log(2.0)), "nats": nats}
 
         def sample(n, seed, temperature, *labels):
@@ -120,9 +130,9 @@ class ExportModule(tf.Module):
                                                message=f"rows must be < height {height}")]
             with tf.control_dependencies(checks + check_labels(labels, n)):
                 start = rows * width * channels
-            return {"images": self._sampler(tf.cast(images, tf.int32), start, seed,
-                                            tf.constant(1.0), tf.constant(False),
-                                            labels_or_zeros(labels, n))}
+            return {"images": unless_empty(images, lambda: self._sampler(
+                tf.cast(images, tf.int32), start, seed, tf.constant(1.0), tf.constant(False),
+                labels_or_zeros(labels, n)), tf.zeros([0, height, width, channels], tf.uint8))}
 
         scalar = tf.TensorSpec([], tf.int32, name="n")
         seed_spec = tf.TensorSpec([], tf.int64, name="seed")

@@ -38,7 +38,11 @@ LOADER = textwrap.dedent("""
                                temperature=tf.constant(0.8), **labels)["images"]
     c = m.signatures["complete"](images=tf.constant(images), rows=tf.constant(2),
                                  seed=tf.constant(1, tf.int64), **labels)["images"]
+    none_completed = m.signatures["complete"](images=tf.constant(images[:0]),
+                                              rows=tf.constant(1),
+                                              seed=tf.constant(1, tf.int64), **none)["images"]
     np.savez(out, log_prob=lp.numpy(), empty=empty.numpy(),
+             none_completed=none_completed.numpy(),
              default=default["bits_per_dim"].numpy(),
              sample=s.numpy(), complete=c.numpy())
     json.dump({"image_shape": m.image_shape.numpy().tolist(),
@@ -117,6 +121,7 @@ def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, n
     np.testing.assert_allclose(got["log_prob"], expected, atol=1e-5)
     np.testing.assert_array_equal(got["default"], got["log_prob"])
     assert got["empty"].shape == (0,)  # an empty batch scores to an empty result
+    assert got["none_completed"].shape == (0, *shape)  # and completes to no images
     ds = tf.data.Dataset.from_tensor_slices(
         (images, labels if labels is not None else np.zeros(3, np.int32))).batch(2)
     assert trainer.evaluate(ds).bits_per_dim == pytest.approx(got["log_prob"].mean(), abs=1e-5)
