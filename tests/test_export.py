@@ -95,6 +95,13 @@ EXPORTED = [
     ("parallel_multiscale", 2, dict(PARALLEL, **MIXTURE))]
 
 
+def exported_shape(layer_type, model_keys):
+    """The image shape of an ``EXPORTED`` case."""
+    return ((8, 4, 3) if layer_type == "pixelcnn_pp" else
+            (6, 4, 3) if "multiscale" in model_keys else
+            (4, 8, 3) if layer_type == "parallel_multiscale" else SHAPE)
+
+
 def test_every_type_is_exported():
     from pixelcnn_tf.models import model_types
     assert {layer_type for layer_type, _, _ in EXPORTED} == set(model_types())
@@ -105,9 +112,7 @@ def test_every_type_is_exported():
 @pytest.mark.parametrize("layer_type,num_classes,model_keys", EXPORTED)
 def test_signatures_match_the_library_in_a_fresh_process(tmp_path, layer_type, num_classes,
                                                          model_keys):
-    shape = ((8, 4, 3) if layer_type == "pixelcnn_pp" else
-             (6, 4, 3) if "multiscale" in model_keys else
-             (4, 8, 3) if layer_type == "parallel_multiscale" else SHAPE)
+    shape = exported_shape(layer_type, model_keys)
     trainer = trained_trainer(tmp_path, num_classes, layer_type, shape, **model_keys)
     model = trainer.model
     path = export_saved_model(model, trainer.config, str(tmp_path / "sm"))
