@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 from conftest import ROOT
+from test_export import EXPORTED
 
 SCRIPT = textwrap.dedent("""
     import tempfile
@@ -49,5 +50,4 @@ def test_recomputed_steps_and_empty_batches_with_onednn_on():
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    from test_export import EXPORTED
     assert f"{len(EXPORTED)} types" in result.stdout, result.stdout
