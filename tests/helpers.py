@@ -133,10 +133,21 @@ def run_steps(model, x, labels, context=None):
     return got, want
 
 
-def run(script, *args, env=None, timeout=300):
+def _python(argv, env, timeout):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def run(script, *args, env=None, timeout=300):
+    return _python([os.path.join(ROOT, script), *args], env, timeout)
+
+
+def run_code(code, env=None, timeout=600):
+    """``python -c code`` in a fresh process (for settings TensorFlow reads once, at
+    start-up), with the tests' modules importable."""
+    tests = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
+    return _python(["-c", code], {"PYTHONPATH": tests, **(env or {})}, timeout)
 
 
 def tiny_config_file(tmp_path, npz):

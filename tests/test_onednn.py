@@ -6,12 +6,9 @@ kernel that waited for the padded input made the fused convolution wait for itse
 batch the wrong shape (the SavedModel's log_prob). This runs those paths for every type in
 a fresh process with ``TF_ENABLE_ONEDNN_OPTS=1``, so a CPU where oneDNN is off by default
 still runs them."""
-import os
-import subprocess
-import sys
 import textwrap
 
-from conftest import ROOT
+from helpers import run_code
 from test_export import EXPORTED
 
 SCRIPT = textwrap.dedent("""
@@ -45,9 +42,6 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_recomputed_steps_and_empty_batches_with_onednn_on():
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = run_code(SCRIPT, env={"TF_ENABLE_ONEDNN_OPTS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert f"{len(EXPORTED)} types" in result.stdout, result.stdout

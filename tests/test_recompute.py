@@ -3,9 +3,6 @@ activations, and one block's rerun alive at a time. The model types' recomputed 
 checked in test_conformance.py; here the toy blocks of recompute_toy.py show the
 ordering itself."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import recompute_toy
-from conftest import ROOT
+from helpers import run_code
 
 MEMORY = textwrap.dedent("""
     import json
@@ -52,10 +49,7 @@ def test_one_rerun_is_alive_at_a_time():
     block's rerun (16) and its gradients. Measured 28 to 33, oneDNN on or off; with
     ``tf.recompute_grad`` in its place the same step peaked at 92 to 103 (reruns of
     several blocks alive at once), and at 123 to 159 with nothing recomputed."""
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
-    result = subprocess.run([sys.executable, "-c", MEMORY], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = run_code(MEMORY, env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
     peaks = json.loads(result.stdout.strip().splitlines()[-1])
     assert max(peaks) <= 2 * recompute_toy.N + 24, peaks

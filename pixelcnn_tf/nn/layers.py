@@ -100,8 +100,8 @@ def recompute_grad(f):
             variables = list(variables or [])
             with tf.GradientTape() as tape:
                 tape.watch(again)
-                output = f(*again)
-            grads = tape.gradient(tf.nest.flatten(output), again + variables,
+                rerun = f(*again)
+            grads = tape.gradient(tf.nest.flatten(rerun), again + variables,
                                   output_gradients=list(dys),
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             input_grads, variable_grads = grads[:len(again)], grads[len(again):]
